@@ -1,0 +1,82 @@
+"""create_app(settings) -> FastAPI: the API's composition root."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from reporting import __version__
+from reporting.auth.tokens import TokenVerifier
+from reporting.context import AppContext
+from reporting.db import schema
+from reporting.db.engine import Database, database_url
+from reporting.errors import ServiceUnavailable, install_error_handlers
+from reporting.observability import ObservabilityMiddleware
+from reporting.settings import Settings
+
+
+def create_app(settings: Settings, *, url: str | None = None) -> FastAPI:
+    """The HTTP API and the dashboard. `url` overrides where the database is (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(url or database_url(settings.database))
+        await db.open()
+        app.state.context = AppContext(
+            settings=settings, db=db, tokens=TokenVerifier(settings.auth)
+        )
+        try:
+            yield
+        finally:
+            await db.close()
+
+    app = FastAPI(
+        title="Reporting & Analytics",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    install_error_handlers(app)
+    app.add_middleware(ObservabilityMiddleware)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="Readiness: database reachable, schema current")
+    async def readyz() -> dict[str, str]:
+        context: AppContext = app.state.context
+        try:
+            async with context.db.pool.connection(timeout=2) as conn:
+                row = await (
+                    await conn.execute("SELECT version_num FROM alembic_version")
+                ).fetchone()
+        except Exception as error:
+            raise ServiceUnavailable(
+                f"The database is not reachable: {type(error).__name__}."
+            ) from None
+        head = schema.head_revision()
+        if row is None or row[0] != head:
+            raise ServiceUnavailable(
+                f"The schema is not current (expected {head}); run `reporting migrate`."
+            )
+        return {"status": "ready", "schema": head}
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    from reporting.dashboard import routes as dashboard_routes
+    from reporting.exports import routes as export_routes
+    from reporting.ingest import routes as ingest_routes
+    from reporting.stats import routes as stats_routes
+    from reporting.storage import routes as storage_routes
+
+    app.include_router(stats_routes.router)
+    app.include_router(export_routes.router)
+    app.include_router(ingest_routes.router)
+    app.include_router(storage_routes.router)
+    app.include_router(dashboard_routes.router)
+    return app

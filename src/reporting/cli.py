@@ -1,0 +1,288 @@
+"""The console scripts: `reporting` (serve, migrate, seed, ingest, token, demo, db), `reporting-worker`
+and `export-worker`. Each builds the settings once and hands them on."""
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+from reporting.settings import Settings, SettingsError, load_settings
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM becomes a normal exit, so atexit hooks run (the embedded server's handle above all)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _settings(*, require_jwt: bool) -> Settings:
+    try:
+        settings = load_settings(require_jwt=require_jwt)
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    from reporting.observability import configure_logging
+
+    configure_logging(settings.log)
+    return settings
+
+
+def _url(settings: Settings) -> str:
+    from reporting.db.engine import database_url
+
+    return database_url(settings.database)
+
+
+def _migrated_url(settings: Settings) -> str:
+    from reporting.db import schema
+
+    url = _url(settings)
+    schema.upgrade(url)
+    return url
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from reporting.app import create_app
+
+    settings = _settings(require_jwt=True)
+    url = _migrated_url(settings)
+    app = create_app(settings, url=url)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from reporting.db import schema
+
+    settings = _settings(require_jwt=False)
+    _migrated_url(settings)
+    print(f"schema is at revision {schema.head_revision()}")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from reporting.db.engine import connect
+    from reporting.ingest.seed import SeedSpec, seed
+
+    settings = _settings(require_jwt=False)
+    url = _migrated_url(settings)
+    spec = SeedSpec(
+        students=args.students,
+        groups=args.groups,
+        topics=args.topics,
+        levels=args.levels,
+        attempts=args.attempts,
+        seed=args.seed,
+    )
+    started = time.perf_counter()
+    with connect(url) as conn:
+        result = seed(conn, spec)
+    elapsed = time.perf_counter() - started
+    rate = result.attempts / elapsed if elapsed > 0 else 0.0
+    print(
+        f"seeded {result.groups} groups, {result.students} students, {result.levels} levels, "
+        f"{result.topics} topics, {result.attempts} attempts in {elapsed:.1f} s "
+        f"({rate:,.0f} attempts/s)"
+    )
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from reporting.ingest import files
+
+    settings = _settings(require_jwt=False)
+    url = _migrated_url(settings)
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"error: no such file: {path}", file=sys.stderr)
+        return 2
+    try:
+        if args.kind == "directory":
+            summary = files.ingest_directory_file(url, path)
+        else:
+            summary = files.ingest_attempts_file(url, path)
+    except files.IngestFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from reporting.auth.tokens import issue_token
+
+    settings = _settings(require_jwt=False)
+    groups = [g.strip() for g in (args.groups or "").split(",") if g.strip()]
+    try:
+        token = issue_token(
+            settings.auth,
+            role=args.role,
+            sub=args.sub,
+            group_ids=groups,
+            ttl_seconds=args.ttl,
+            email=args.email,
+            locale=args.locale,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from reporting import demo
+
+    return demo.run(host=args.host, port=args.port, students=args.students, secret=_demo_secret())
+
+
+def _demo_secret() -> str:
+    """The demo's JWT secret: the configured one, else one kept in the data dir across runs."""
+    if os.environ.get("REPORTING_JWT_SECRET"):
+        return os.environ["REPORTING_JWT_SECRET"]
+    data_dir = Path(os.environ.get("REPORTING_DATA_DIR", "./.reporting"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "demo-jwt-secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from reporting.db import embedded
+
+    settings = _settings(require_jwt=False)
+    if settings.database.url:
+        print("DATABASE_URL is set: the embedded server is not in use", file=sys.stderr)
+        return 2
+    if args.action == "stop":
+        stopped = embedded.stop_server(settings.database.data_dir)
+        print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+        return 0
+    print(_url(settings))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reporting", description="Reporting & Analytics service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API and the dashboard")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="create or upgrade the schema").set_defaults(func=cmd_migrate)
+
+    seed = sub.add_parser("seed", help="load a deterministic synthetic school")
+    seed.add_argument("--students", type=int, default=1000)
+    seed.add_argument("--groups", type=int, default=40)
+    seed.add_argument("--topics", type=int, default=40)
+    seed.add_argument("--levels", type=int, default=5)
+    seed.add_argument("--attempts", type=int, default=100_000)
+    seed.add_argument("--seed", type=int, default=1)
+    seed.set_defaults(func=cmd_seed)
+
+    ingest = sub.add_parser("ingest", help="bulk-load directory data or attempts from a file")
+    ingest.add_argument("kind", choices=["directory", "attempts"])
+    ingest.add_argument("file", help="directory: FILE.json; attempts: FILE.jsonl or FILE.csv")
+    ingest.set_defaults(func=cmd_ingest)
+
+    token = sub.add_parser("token", help="print a JWT signed with the configured secret")
+    token.add_argument("--role", required=True, choices=["admin", "teacher", "service"])
+    token.add_argument("--groups", default="", help="comma-separated group ids")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--ttl", type=int, default=3600, help="seconds")
+    token.add_argument("--email")
+    token.add_argument("--locale", choices=["ru", "en"])
+    token.set_defaults(func=cmd_token)
+
+    demo = sub.add_parser("demo", help="embedded database, demo school, API and both workers")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--students", type=int, default=300)
+    demo.set_defaults(func=cmd_demo)
+
+    db = sub.add_parser("db", help="the embedded PostgreSQL: print its URL or stop it")
+    db.add_argument("action", choices=["url", "stop"])
+    db.set_defaults(func=cmd_db)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _exit_on_sigterm()
+    args = _parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+# --- workers -----------------------------------------------------------------------------------
+
+
+def _worker_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--once", action="store_true", help="run one tick and exit")
+    parser.add_argument("--metrics-port", type=int, help="serve /metrics on this port")
+    parser.add_argument("--metrics-host", default="127.0.0.1")
+    return parser
+
+
+def reporting_worker(argv: Sequence[str] | None = None) -> int:
+    from reporting.stats import worker
+
+    parser = _worker_parser("reporting-worker", "the analytics worker")
+    parser.add_argument("--full", action="store_true", help="recompute everything from scratch")
+    args = parser.parse_args(argv)
+    settings = _settings(require_jwt=False)
+    url = _migrated_url(settings)
+    return worker.run(
+        settings,
+        url,
+        once=args.once,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        full=args.full,
+    )
+
+
+def export_worker(argv: Sequence[str] | None = None) -> int:
+    from reporting.exports import worker
+
+    args = _worker_parser("export-worker", "the export worker").parse_args(argv)
+    settings = _settings(require_jwt=False)
+    url = _migrated_url(settings)
+    return worker.run(
+        settings,
+        url,
+        once=args.once,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
+
+
+def spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start one of our console scripts from the same environment (used by the demo)."""
+    return subprocess.Popen([str(Path(sys.executable).parent / command[0]), *command[1:]], env=env)

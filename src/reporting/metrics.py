@@ -1,0 +1,69 @@
+"""Every Prometheus metric of the service, defined once (names fixed by CONTRACT §7)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Analytics worker
+reporting_worker_ticks_total = Counter(
+    "reporting_worker_ticks_total", "Ticks of the analytics worker that computed results."
+)
+reporting_worker_errors_total = Counter(
+    "reporting_worker_errors_total", "Ticks of the analytics worker that failed."
+)
+reporting_worker_tick_duration_seconds = Histogram(
+    "reporting_worker_tick_duration_seconds",
+    "Wall time of one analytics tick.",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 300),
+)
+analytics_worker_ticks_total = Counter(
+    "analytics_worker_ticks_total", "Analytics worker iterations by outcome.", ["status"]
+)
+reporting_worker_last_success_timestamp_seconds = Gauge(
+    "reporting_worker_last_success_timestamp_seconds", "When the last successful tick finished."
+)
+
+# Export worker
+export_worker_ticks_total = Counter(
+    "export_worker_ticks_total", "Export worker iterations by outcome.", ["status"]
+)
+exports_generated_total = Counter(
+    "exports_generated_total", "Exports that reached ready, by format.", ["format"]
+)
+exports_failed_total = Counter(
+    "exports_failed_total", "Exports that failed, by format.", ["format"]
+)
+export_duration_seconds = Histogram(
+    "export_duration_seconds",
+    "From claim to ready, by format.",
+    ["format"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+exports_requested_total = Counter(
+    "exports_requested_total", "Export requests accepted by the API, by format.", ["format"]
+)
+exports_rate_limited_total = Counter(
+    "exports_rate_limited_total", "Export requests refused by the rate limit."
+)
+notifications_sent_total = Counter(
+    "notifications_sent_total", "Notifications delivered, by channel.", ["channel"]
+)
+notifications_failed_total = Counter(
+    "notifications_failed_total",
+    "Notification delivery attempts that failed, by channel.",
+    ["channel"],
+)
+
+# API
+http_request_duration_seconds = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency by method, route template and status.",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+http_requests_total = Counter(
+    "http_requests_total",
+    "HTTP requests by method, route template and status.",
+    ["method", "route", "status"],
+)
+attempts_ingested_total = Counter(
+    "attempts_ingested_total", "Attempts ingested, by outcome.", ["outcome"]
+)

@@ -1,0 +1,219 @@
+"""Every setting of the service, read from the environment (and `.env`) in one place.
+
+Names are fixed by CONTRACT §4. Each capability gets its own section; `load_settings()` builds
+them all once in the composition root (the CLI, `create_app`) and the result is passed on.
+A bad value raises `SettingsError` whose message is one line naming the variable.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; str() is one line naming the variable."""
+
+
+def _section(**kwargs: object) -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=False, **kwargs
+    )
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = _section()
+
+    url: str | None = Field(default=None, alias="DATABASE_URL")
+    data_dir: Path = Field(default=Path("./.reporting"), alias="REPORTING_DATA_DIR")
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+
+class AuthSettings(BaseSettings):
+    model_config = _section()
+
+    jwt_secret: SecretStr | None = Field(default=None, alias="REPORTING_JWT_SECRET")
+    jwt_public_key: str | None = Field(default=None, alias="REPORTING_JWT_PUBLIC_KEY")
+    jwt_audience: str | None = Field(default=None, alias="REPORTING_JWT_AUDIENCE")
+    jwt_issuer: str | None = Field(default=None, alias="REPORTING_JWT_ISSUER")
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @field_validator("jwt_public_key")
+    @classmethod
+    def _pem(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        value = value.replace("\\n", "\n")
+        if "-----BEGIN PUBLIC KEY-----" not in value:
+            raise ValueError("must be a PEM public key (-----BEGIN PUBLIC KEY-----)")
+        return value
+
+
+class WorkerSettings(BaseSettings):
+    model_config = _section()
+
+    interval_secs: float = Field(default=3600, gt=0, alias="REPORTING_WORKER_INTERVAL_SECS")
+    enable_live_updates: bool = Field(default=False, alias="REPORTING_ENABLE_LIVE_UPDATES")
+    leaderboard_size: int = Field(default=100, ge=1, le=10_000, alias="REPORTING_LEADERBOARD_SIZE")
+
+
+class ExportSettings(BaseSettings):
+    model_config = _section()
+
+    ttl_hours: float = Field(default=24, gt=0, alias="REPORTING_EXPORT_TTL_HOURS")
+    rate_limit_per_hour: int = Field(default=5, ge=0, alias="REPORTING_EXPORT_RATE_LIMIT_PER_HOUR")
+    signed_url_ttl_hours: float = Field(default=1, gt=0, alias="REPORTING_SIGNED_URL_TTL_HOURS")
+    public_url: str | None = Field(default=None, alias="REPORTING_PUBLIC_URL")
+    lease_seconds: float = Field(default=60, gt=0, alias="REPORTING_EXPORT_LEASE_SECS")
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an absolute http(s):// URL")
+        return value.rstrip("/")
+
+
+class StorageSettings(BaseSettings):
+    model_config = _section()
+
+    endpoint: str | None = Field(default=None, alias="OBJECT_STORAGE_ENDPOINT")
+    bucket: str | None = Field(default=None, alias="OBJECT_STORAGE_BUCKET")
+    access_key: str | None = Field(default=None, alias="OBJECT_STORAGE_ACCESS_KEY")
+    secret_key: SecretStr | None = Field(default=None, alias="OBJECT_STORAGE_SECRET_KEY")
+    region: str = Field(default="us-east-1", alias="OBJECT_STORAGE_REGION")
+    prefix: str = Field(default="", alias="OBJECT_STORAGE_PREFIX")
+
+    @field_validator("endpoint", "bucket", "access_key")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str | None) -> str | None:
+        if value is not None and not 3 <= len(value) <= 63:
+            raise ValueError("must be 3 to 63 characters")
+        return value
+
+
+class NotifySettings(BaseSettings):
+    model_config = _section()
+
+    smtp_host: str | None = Field(default=None, alias="REPORTING_SMTP_HOST")
+    smtp_port: int = Field(default=25, ge=1, le=65535, alias="REPORTING_SMTP_PORT")
+    smtp_from: str = Field(default="reports@localhost", alias="REPORTING_SMTP_FROM")
+    smtp_user: str | None = Field(default=None, alias="REPORTING_SMTP_USER")
+    smtp_password: SecretStr | None = Field(default=None, alias="REPORTING_SMTP_PASSWORD")
+    smtp_starttls: bool = Field(default=False, alias="REPORTING_SMTP_STARTTLS")
+    telegram_bot_token: SecretStr | None = Field(default=None, alias="REPORTING_TELEGRAM_BOT_TOKEN")
+    telegram_chat_id: str | None = Field(default=None, alias="REPORTING_TELEGRAM_CHAT_ID")
+    telegram_api_base: str = Field(
+        default="https://api.telegram.org", alias="REPORTING_TELEGRAM_API_BASE"
+    )
+    webhook_url: str | None = Field(default=None, alias="REPORTING_WEBHOOK_URL")
+    webhook_secret: SecretStr | None = Field(default=None, alias="REPORTING_WEBHOOK_SECRET")
+    max_attempts: int = Field(default=8, ge=1, alias="REPORTING_NOTIFY_MAX_ATTEMPTS")
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> "NotifySettings":
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError(
+                "REPORTING_WEBHOOK_SECRET is required when REPORTING_WEBHOOK_URL is set"
+            )
+        return self
+
+
+class LogSettings(BaseSettings):
+    model_config = _section()
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", alias="REPORTING_LOG_LEVEL"
+    )
+    json_logs: bool = Field(default=True, alias="REPORTING_LOG_JSON")
+
+
+class Settings:
+    """All sections together; build with `load_settings()`."""
+
+    def __init__(
+        self,
+        *,
+        database: DatabaseSettings,
+        auth: AuthSettings,
+        worker: WorkerSettings,
+        exports: ExportSettings,
+        storage: StorageSettings,
+        notify: NotifySettings,
+        log: LogSettings,
+    ) -> None:
+        self.database = database
+        self.auth = auth
+        self.worker = worker
+        self.exports = exports
+        self.storage = storage
+        self.notify = notify
+        self.log = log
+
+
+_SECTIONS = {
+    "database": DatabaseSettings,
+    "auth": AuthSettings,
+    "worker": WorkerSettings,
+    "exports": ExportSettings,
+    "storage": StorageSettings,
+    "notify": NotifySettings,
+    "log": LogSettings,
+}
+
+
+def _one_line(section: type[BaseSettings], error: ValidationError) -> str:
+    first = error.errors()[0]
+    field_name = str(first["loc"][0]) if first["loc"] else ""
+    field = section.model_fields.get(field_name)
+    variable = (
+        field.alias if field is not None and field.alias else field_name
+    ) or section.__name__
+    message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"] and message.startswith("REPORTING_"):
+        variable, _, message = message.partition(" ")
+    return f"invalid setting {variable}: {message}"
+
+
+def load_settings(*, require_jwt: bool = True, **overrides: BaseSettings) -> Settings:
+    """Read every section from the environment; raise SettingsError with one line on a bad value.
+
+    `require_jwt` is off for commands that never check a token (migrate, seed, workers).
+    """
+    built: dict[str, BaseSettings] = {}
+    for name, section in _SECTIONS.items():
+        if name in overrides:
+            built[name] = overrides[name]
+            continue
+        try:
+            built[name] = section()
+        except ValidationError as error:
+            raise SettingsError(_one_line(section, error)) from None
+    settings = Settings(**built)  # type: ignore[arg-type]
+    if require_jwt and settings.auth.jwt_secret is None and settings.auth.jwt_public_key is None:
+        raise SettingsError(
+            "missing setting REPORTING_JWT_SECRET: set it (or REPORTING_JWT_PUBLIC_KEY) to verify tokens"
+        )
+    return settings

@@ -1,0 +1,27 @@
+import httpx
+
+
+async def test_healthz_needs_no_token(api: httpx.AsyncClient) -> None:
+    response = await api.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_reports_current_schema(api: httpx.AsyncClient) -> None:
+    response = await api.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "ready"
+
+
+async def test_metrics_exposes_request_counters_by_route_template(api: httpx.AsyncClient) -> None:
+    await api.get("/healthz")
+    body = (await api.get("/metrics")).text
+    assert 'http_requests_total{method="GET",route="/healthz",status="200"}' in body
+    assert "http_request_duration_seconds_bucket" in body
+
+
+async def test_unknown_route_is_problem_json(api: httpx.AsyncClient) -> None:
+    response = await api.get("/nope")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["status"] == 404
