@@ -1,5 +1,6 @@
 """create_app(settings) -> FastAPI: the API's composition root."""
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,15 @@ from reporting.db.engine import Database, database_url
 from reporting.errors import ServiceUnavailable, install_error_handlers
 from reporting.observability import ObservabilityMiddleware
 from reporting.settings import Settings
+
+
+def _demo_tokens(settings: Settings) -> list[dict[str, str]]:
+    """Tokens `reporting demo` left for the dashboard's sign-in page (empty outside the demo)."""
+    path = settings.api.demo_tokens_file
+    if path is None or not path.is_file():
+        return []
+    tokens: list[dict[str, str]] = json.loads(path.read_text())
+    return tokens
 
 
 def create_app(settings: Settings, *, url: str | None = None) -> FastAPI:
@@ -39,6 +49,7 @@ def create_app(settings: Settings, *, url: str | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
+    app.state.demo_tokens = _demo_tokens(settings)
     app.add_middleware(ObservabilityMiddleware)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")

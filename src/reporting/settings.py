@@ -150,6 +150,13 @@ class LogSettings(BaseSettings):
     json_logs: bool = Field(default=True, alias="REPORTING_LOG_JSON")
 
 
+class ApiSettings(BaseSettings):
+    model_config = _section()
+
+    # Written by `reporting demo`: ready-made tokens the dashboard offers on its sign-in page.
+    demo_tokens_file: Path | None = Field(default=None, alias="REPORTING_DEMO_TOKENS_FILE")
+
+
 class Settings:
     """All sections together; build with `load_settings()`."""
 
@@ -163,6 +170,7 @@ class Settings:
         storage: StorageSettings,
         notify: NotifySettings,
         log: LogSettings,
+        api: ApiSettings,
     ) -> None:
         self.database = database
         self.auth = auth
@@ -171,6 +179,7 @@ class Settings:
         self.storage = storage
         self.notify = notify
         self.log = log
+        self.api = api
 
 
 _SECTIONS = {
@@ -181,6 +190,7 @@ _SECTIONS = {
     "storage": StorageSettings,
     "notify": NotifySettings,
     "log": LogSettings,
+    "api": ApiSettings,
 }
 
 
