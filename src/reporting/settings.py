@@ -8,7 +8,14 @@ A bad value raises `SettingsError` whose message is one line naming the variable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -97,14 +104,53 @@ class StorageSettings(BaseSettings):
     endpoint: str | None = Field(default=None, alias="OBJECT_STORAGE_ENDPOINT")
     bucket: str | None = Field(default=None, alias="OBJECT_STORAGE_BUCKET")
     access_key: str | None = Field(default=None, alias="OBJECT_STORAGE_ACCESS_KEY")
-    secret_key: SecretStr | None = Field(default=None, alias="OBJECT_STORAGE_SECRET_KEY")
+    secret_key: SecretStr | None = Field(
+        default=None, alias="OBJECT_STORAGE_SECRET_KEY", validate_default=True
+    )
     region: str = Field(default="us-east-1", alias="OBJECT_STORAGE_REGION")
     prefix: str = Field(default="", alias="OBJECT_STORAGE_PREFIX")
+    # Local backend (no bucket): where the files live and the key that signs their links.
+    files_dir: Path | None = Field(default=None, alias="REPORTING_FILES_DIR")
+    files_secret: SecretStr | None = Field(default=None, alias="REPORTING_FILES_SECRET")
 
     @field_validator("endpoint", "bucket", "access_key")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _relative_prefix(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a relative key prefix (no leading / and no ..)")
+        return value
+
+    @field_validator("files_secret")
+    @classmethod
+    def _files_secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _keys_in_pairs(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            value = None
+        if (value is None) != (info.data.get("access_key") is None):
+            raise ValueError(
+                "set both OBJECT_STORAGE_ACCESS_KEY and OBJECT_STORAGE_SECRET_KEY, or neither"
+            )
+        return value
 
     @field_validator("bucket")
     @classmethod
@@ -131,6 +177,29 @@ class NotifySettings(BaseSettings):
     webhook_url: str | None = Field(default=None, alias="REPORTING_WEBHOOK_URL")
     webhook_secret: SecretStr | None = Field(default=None, alias="REPORTING_WEBHOOK_SECRET")
     max_attempts: int = Field(default=8, ge=1, alias="REPORTING_NOTIFY_MAX_ATTEMPTS")
+    # Backoff between attempts: base * 2^(attempt-1), capped, plus up to 25 % jitter.
+    retry_base_secs: float = Field(default=30, gt=0, alias="REPORTING_NOTIFY_RETRY_BASE_SECS")
+    retry_max_secs: float = Field(default=3600, gt=0, alias="REPORTING_NOTIFY_RETRY_MAX_SECS")
+    timeout_secs: float = Field(default=10, gt=0, le=120, alias="REPORTING_NOTIFY_TIMEOUT_SECS")
+
+    @field_validator("smtp_host", "telegram_chat_id", "webhook_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return value.strip() or None
+
+    @field_validator("webhook_url", "telegram_api_base")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return value
+
+    @field_validator("telegram_api_base")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> "NotifySettings":

@@ -134,18 +134,25 @@ CREATE TABLE report_exports (
 CREATE INDEX report_exports_requested_by_idx ON report_exports (requested_by, created_at DESC);
 CREATE INDEX report_exports_pending_idx ON report_exports (created_at) WHERE status IN ('pending', 'processing');
 
+-- One row per (export, event, channel): enqueueing twice is harmless. `delivery_id` stays the
+-- same across retries so receivers can drop duplicates (delivery is at least once).
 CREATE TABLE notification_outbox (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    delivery_id     uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE,
     export_id       uuid REFERENCES report_exports (id) ON DELETE CASCADE,
+    event           text NOT NULL CHECK (event IN ('export.ready', 'export.failed')),
     channel         text NOT NULL CHECK (channel IN ('email', 'telegram', 'webhook')),
     payload         jsonb NOT NULL,
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     delivered_at    timestamptz,
+    gave_up_at      timestamptz,
     last_error      text,
-    created_at      timestamptz NOT NULL DEFAULT now()
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (export_id, event, channel)
 );
-CREATE INDEX notification_outbox_due_idx ON notification_outbox (next_attempt_at) WHERE delivered_at IS NULL;
+CREATE INDEX notification_outbox_due_idx ON notification_outbox (next_attempt_at)
+    WHERE delivered_at IS NULL AND gave_up_at IS NULL;
 
 -- The caller's scope, published per transaction by db/engine.py. After a transaction-local
 -- setting ends current_setting() returns '' rather than NULL, hence the NULLIFs.
