@@ -67,3 +67,16 @@ http_requests_total = Counter(
 attempts_ingested_total = Counter(
     "attempts_ingested_total", "Attempts ingested, by outcome.", ["outcome"]
 )
+
+# Known label values start at 0 in every process: Prometheus' increase() never counts a series'
+# first sample, so the first error (or export) after a restart would be invisible to the alerts.
+for _status in ("success", "error"):
+    analytics_worker_ticks_total.labels(_status)
+    export_worker_ticks_total.labels(_status)
+for _format in ("csv", "pdf", "xlsx"):
+    exports_requested_total.labels(_format)
+    exports_generated_total.labels(_format)
+    exports_failed_total.labels(_format)
+for _channel in ("email", "telegram", "webhook"):
+    notifications_sent_total.labels(_channel)
+    notifications_failed_total.labels(_channel)
