@@ -60,6 +60,12 @@ class AuthSettings(BaseSettings):
             raise ValueError("must be at least 16 characters")
         return value
 
+    @field_validator("jwt_audience", "jwt_issuer")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        # docker-compose passes `${REPORTING_JWT_AUDIENCE:-}`: empty means "not checked"
+        return value or None
+
     @field_validator("jwt_public_key")
     @classmethod
     def _pem(cls, value: str | None) -> str | None:
