@@ -97,6 +97,14 @@ def fresh_db_url(server_url: str, template_db: str) -> Iterator[str]:
     _drop_database(server_url, name)
 
 
+@pytest.fixture(scope="module")
+def module_db_url(server_url: str, template_db: str) -> Iterator[str]:
+    """A migrated database shared by the tests of one module (committed data, a running app)."""
+    name = _clone(server_url, template_db)
+    yield _with_database(server_url, name)
+    _drop_database(server_url, name)
+
+
 @pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
     """A connection whose work is rolled back when the test ends."""

@@ -15,6 +15,7 @@ from reporting.db.engine import Database, database_url
 from reporting.errors import ServiceUnavailable, install_error_handlers
 from reporting.observability import ObservabilityMiddleware
 from reporting.settings import Settings
+from reporting.stats.cache import StatsChangeListener
 
 
 def _demo_tokens(settings: Settings) -> list[dict[str, str]]:
@@ -36,9 +37,13 @@ def create_app(settings: Settings, *, url: str | None = None) -> FastAPI:
         app.state.context = AppContext(
             settings=settings, db=db, tokens=TokenVerifier(settings.auth)
         )
+        # The stats cache lives only while this connection listens for the worker's changes.
+        stats_listener = StatsChangeListener(db.url, app.state.context.stats_cache)
+        await stats_listener.start()
         try:
             yield
         finally:
+            await stats_listener.stop()
             await db.close()
 
     app = FastAPI(

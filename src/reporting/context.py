@@ -1,10 +1,11 @@
 """What the API's lifespan opens once and every request shares (the composition root's output)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reporting.auth.tokens import TokenVerifier
 from reporting.db.engine import Database
 from reporting.settings import Settings
+from reporting.stats.cache import ResponseCache
 
 
 @dataclass
@@ -12,3 +13,4 @@ class AppContext:
     settings: Settings
     db: Database
     tokens: TokenVerifier
+    stats_cache: ResponseCache = field(default_factory=ResponseCache)

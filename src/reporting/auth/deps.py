@@ -17,7 +17,13 @@ def get_context(request: Request) -> AppContext:
     return context
 
 
-def get_scope(
+# The dependencies are async on purpose: FastAPI runs plain `def` dependencies in a worker
+# thread, a hop that costs more than the whole cached stats answer.
+async def _context(request: Request) -> AppContext:
+    return get_context(request)
+
+
+async def get_scope(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Scope:
@@ -28,5 +34,5 @@ def get_scope(
     return scope
 
 
-Context = Annotated[AppContext, Depends(get_context)]
+Context = Annotated[AppContext, Depends(_context)]
 CurrentScope = Annotated[Scope, Depends(get_scope)]

@@ -1,3 +1,126 @@
-from fastapi import APIRouter
+"""GET /stats/*: the read API of the derived statistics (CONTRACT §5).
 
-router = APIRouter()
+Answers are served as the cached JSON bytes (see stats/cache.py) with an ETag; a matching
+If-None-Match gets 304. The declared response models are what the bytes contain.
+"""
+
+from fastapi import APIRouter, Request, Response
+
+from reporting.auth.deps import Context, CurrentScope
+from reporting.stats import service
+from reporting.stats.cache import CachedBody
+from reporting.stats.schemas import (
+    GroupStatsRead,
+    LeaderboardRead,
+    LeaderboardScope,
+    LevelStatsRead,
+    TopicStatsRead,
+    UserStatsRead,
+)
+
+router = APIRouter(prefix="/stats", tags=["stats"])
+
+_PROBLEM: dict[str, object] = {"application/problem+json": {}}
+_READ_ERRORS: dict[int | str, dict[str, object]] = {
+    304: {"description": "Not modified (If-None-Match matched the ETag)"},
+    401: {"description": "Missing, invalid or expired token", "content": _PROBLEM},
+    403: {
+        "description": "A service token, or an entity outside a teacher's groups (existing or not)",
+        "content": _PROBLEM,
+    },
+    404: {"description": "Unknown id (for those allowed to ask)", "content": _PROBLEM},
+}
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
+    return any(tag in (etag, "*") for tag in candidates)
+
+
+def _json(cached: CachedBody, request: Request) -> Response:
+    # private: the body depends on the bearer; no-cache: revalidate, a 304 is cheap.
+    headers = {"ETag": cached.etag, "Cache-Control": "private, no-cache", "Vary": "Authorization"}
+    if _etag_matches(request.headers.get("if-none-match"), cached.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(cached.body, media_type="application/json", headers=headers)
+
+
+@router.get(
+    "/groups/{group_id}",
+    response_model=GroupStatsRead,
+    responses=_READ_ERRORS,
+    summary="A group's statistics: KPIs, leaderboard, per level and per topic",
+    description="Levels are ordered by position; topics by their level's position, then name. "
+    "Only levels and topics with at least one attempt in the group are listed.",
+)
+async def read_group_stats(
+    group_id: str, scope: CurrentScope, context: Context, request: Request
+) -> Response:
+    cached = await service.read_group(context.db, context.stats_cache, scope, group_id)
+    return _json(cached, request)
+
+
+@router.get(
+    "/users/{user_id}",
+    response_model=UserStatsRead,
+    responses=_READ_ERRORS,
+    summary="A learner's progress summary",
+    description="For a teacher, `group_ids` lists only the teacher's groups of this learner.",
+)
+async def read_user_stats(
+    user_id: str, scope: CurrentScope, context: Context, request: Request
+) -> Response:
+    cached = await service.read_user(context.db, context.stats_cache, scope, user_id)
+    return _json(cached, request)
+
+
+@router.get(
+    "/topics/{topic_id}",
+    response_model=TopicStatsRead,
+    responses=_READ_ERRORS,
+    summary="A topic's school-wide statistics and those of the caller's groups",
+    description="`groups` is ordered by group id; a teacher sees only their own groups.",
+)
+async def read_topic_stats(
+    topic_id: str, scope: CurrentScope, context: Context, request: Request
+) -> Response:
+    cached = await service.read_topic(context.db, context.stats_cache, scope, topic_id)
+    return _json(cached, request)
+
+
+@router.get(
+    "/levels/{level_id}",
+    response_model=LevelStatsRead,
+    responses=_READ_ERRORS,
+    summary="A level's school-wide statistics and those of the caller's groups",
+    description="`groups` is ordered by group id; a teacher sees only their own groups.",
+)
+async def read_level_stats(
+    level_id: str, scope: CurrentScope, context: Context, request: Request
+) -> Response:
+    cached = await service.read_level(context.db, context.stats_cache, scope, level_id)
+    return _json(cached, request)
+
+
+@router.get(
+    "/leaderboards/{scope}/{scope_id}",
+    response_model=LeaderboardRead,
+    responses={**_READ_ERRORS, 422: {"description": "Unknown scope", "content": _PROBLEM}},
+    summary="A current leaderboard: global (scope_id `global`), of a group or of a level",
+    description="For a teacher, global and level boards keep only the learners of the teacher's "
+    "groups, with their ranks on the whole board. An expired board is 404. "
+    "A scope other than global, group or level is 422.",
+)
+async def read_leaderboard(
+    scope: LeaderboardScope,
+    scope_id: str,
+    caller: CurrentScope,
+    context: Context,
+    request: Request,
+) -> Response:
+    cached = await service.read_leaderboard(
+        context.db, context.stats_cache, caller, scope, scope_id
+    )
+    return _json(cached, request)

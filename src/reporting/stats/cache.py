@@ -1,0 +1,261 @@
+"""The serialized answers of GET /stats/*, kept in process and dropped when the worker says so.
+
+`ResponseCache` maps a key (route, entity, and the caller's view where views differ) to the JSON
+bytes of the answer and their ETag. It holds entries only while `StatsChangeListener` is
+listening on `stats_changed`: an entry is dropped by the notification that names one of its
+groups (or by any notification if it depends on the whole school), and after `ttl_seconds` in
+any case, a safety net for a notification lost with its connection. While the listener is
+disconnected nothing is cached, and everything is dropped when it reconnects.
+
+The cache never decides who may read what: callers check the scope first and fill it through
+the scope's own query. Concurrent misses of one key share one fill.
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "stats_changed"
+LISTENER_APPLICATION_NAME = "reporting-stats-listener"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedBody:
+    body: bytes
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Filled:
+    """What a fill produced: the bytes, the groups they depend on (None: the whole school), and
+    optionally how many seconds at most they stay true (a leaderboard's expiry)."""
+
+    body: bytes
+    groups: frozenset[str] | None
+    max_age_seconds: float | None = None
+
+
+@dataclass(slots=True)
+class _Entry:
+    cached: CachedBody
+    groups: frozenset[str] | None
+    deadline: float
+
+
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+class ResponseCache:
+    def __init__(
+        self,
+        *,
+        ttl_seconds: float = 30.0,
+        max_bytes: int = 512 * 2**20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._pending: dict[Hashable, asyncio.Future[CachedBody]] = {}
+        # Bumped by every invalidation: a fill that started before one must not be stored.
+        self._generation = 0
+        self.active = False
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def activate(self) -> None:
+        """The invalidation channel is live: start caching from an empty cache."""
+        self.clear()
+        self.active = True
+
+    def deactivate(self) -> None:
+        """The invalidation channel is down: serve and store nothing until it is back."""
+        self.active = False
+        self.clear()
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._entries.clear()
+        self._bytes = 0
+
+    def invalidate(self, group_ids: Iterable[str] | None) -> int:
+        """Drop what depends on these groups (None: everything); returns how many entries went."""
+        if group_ids is None:
+            dropped = len(self._entries)
+            self.clear()
+            return dropped
+        changed = frozenset(group_ids)
+        self._generation += 1
+        stale = [
+            key
+            for key, entry in self._entries.items()
+            if entry.groups is None or not entry.groups.isdisjoint(changed)
+        ]
+        for key in stale:
+            self._drop(key)
+        return len(stale)
+
+    def get(self, key: Hashable) -> CachedBody | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.deadline <= self._clock():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry.cached
+
+    async def get_or_fill(self, key: Hashable, fill: Callable[[], Awaitable[Filled]]) -> CachedBody:
+        """The cached answer, else the one `fill` makes (stored when still current)."""
+        cached = self.get(key)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        while (pending := self._pending.get(key)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                # The fill we waited for was cancelled with its request: try again ourselves.
+                if not pending.cancelled():
+                    raise
+        self.misses += 1
+        future: asyncio.Future[CachedBody] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        generation = self._generation
+        try:
+            filled = await fill()
+            cached = CachedBody(filled.body, etag_of(filled.body))
+            if self.active and generation == self._generation:
+                self._store(key, cached, filled)
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(error)
+                future.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        finally:
+            del self._pending[key]
+        future.set_result(cached)
+        return cached
+
+    def _store(self, key: Hashable, cached: CachedBody, filled: Filled) -> None:
+        size = len(cached.body)
+        if size > self.max_bytes:
+            return
+        lifetime = self.ttl_seconds
+        if filled.max_age_seconds is not None:
+            lifetime = min(lifetime, filled.max_age_seconds)
+        if lifetime <= 0:
+            return
+        self._drop(key)
+        self._entries[key] = _Entry(cached, filled.groups, self._clock() + lifetime)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: Hashable) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry.cached.body)
+
+
+def changed_groups(payload: str) -> list[str] | None:
+    """The group ids a `stats_changed` payload names; None means everything changed.
+
+    Anything unreadable counts as "everything": dropping too much is only slower.
+    """
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        return None
+    group_ids = message.get("group_ids") if isinstance(message, dict) else None
+    if isinstance(group_ids, list) and all(isinstance(g, str) for g in group_ids):
+        return group_ids
+    return None
+
+
+class StatsChangeListener:
+    """LISTEN stats_changed on a dedicated connection and invalidate the cache; reconnects."""
+
+    def __init__(
+        self,
+        url: str,
+        cache: ResponseCache,
+        *,
+        retry_seconds: float = 0.5,
+        max_retry_seconds: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.cache = cache
+        self.retry_seconds = retry_seconds
+        self.max_retry_seconds = max_retry_seconds
+        self.notifications = 0
+        self.connects = 0
+        self._task: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    async def start(self, *, wait_seconds: float = 5.0) -> None:
+        """Start listening; waits (bounded) for the first LISTEN so the cache is live at once."""
+        self._task = asyncio.create_task(self._run(), name="stats-change-listener")
+        try:
+            await asyncio.wait_for(self._listening.wait(), wait_seconds)
+        except TimeoutError:
+            log.warning("stats_changed listener not connected yet; the stats cache is off")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self.cache.deactivate()
+
+    async def _run(self) -> None:
+        delay = self.retry_seconds
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, application_name=LISTENER_APPLICATION_NAME
+                ) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.connects += 1
+                    # Whatever changed while we were not listening is unknown: start empty.
+                    self.cache.activate()
+                    self._listening.set()
+                    delay = self.retry_seconds
+                    async for notify in conn.notifies():
+                        self.notifications += 1
+                        self.cache.invalidate(changed_groups(notify.payload))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning(
+                    "stats_changed listener lost its connection; retrying",
+                    extra={"error": f"{type(error).__name__}: {error}", "retry_in": delay},
+                )
+            self.cache.deactivate()
+            self._listening.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_retry_seconds)
