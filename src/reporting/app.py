@@ -16,6 +16,7 @@ from reporting.errors import ServiceUnavailable, install_error_handlers
 from reporting.observability import ObservabilityMiddleware
 from reporting.settings import Settings
 from reporting.stats.cache import StatsChangeListener
+from reporting.storage import build_store
 
 
 def _demo_tokens(settings: Settings) -> list[dict[str, str]]:
@@ -32,10 +33,11 @@ def create_app(settings: Settings, *, url: str | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = build_store(settings)
         db = Database(url or database_url(settings.database))
         await db.open()
         app.state.context = AppContext(
-            settings=settings, db=db, tokens=TokenVerifier(settings.auth)
+            settings=settings, db=db, tokens=TokenVerifier(settings.auth), store=store
         )
         # The stats cache lives only while this connection listens for the worker's changes.
         stats_listener = StatsChangeListener(db.url, app.state.context.stats_cache)

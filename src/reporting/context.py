@@ -6,6 +6,7 @@ from reporting.auth.tokens import TokenVerifier
 from reporting.db.engine import Database
 from reporting.settings import Settings
 from reporting.stats.cache import ResponseCache
+from reporting.storage.base import ObjectStore
 
 
 @dataclass
@@ -13,4 +14,5 @@ class AppContext:
     settings: Settings
     db: Database
     tokens: TokenVerifier
+    store: ObjectStore
     stats_cache: ResponseCache = field(default_factory=ResponseCache)
