@@ -118,7 +118,11 @@ def make_settings(db_url: str | None = None, **sections: object) -> Settings:
     defaults: dict[str, object] = {
         "auth": AuthSettings(REPORTING_JWT_SECRET=JWT_SECRET),
         "database": DatabaseSettings(DATABASE_URL=db_url),
-        "storage": StorageSettings(),
+        # A temp dir of its own, so exports never land in ./.reporting; share the settings
+        # object between an app and a worker that must see the same files.
+        "storage": StorageSettings(
+            REPORTING_FILES_DIR=Path(tempfile.mkdtemp(prefix="reporting-test-files-"))
+        ),
         "exports": ExportSettings(),
     }
     defaults.update(sections)
