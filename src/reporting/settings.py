@@ -93,6 +93,10 @@ class ExportSettings(BaseSettings):
     signed_url_ttl_hours: float = Field(default=1, gt=0, alias="REPORTING_SIGNED_URL_TTL_HOURS")
     public_url: str | None = Field(default=None, alias="REPORTING_PUBLIC_URL")
     lease_seconds: float = Field(default=60, gt=0, alias="REPORTING_EXPORT_LEASE_SECS")
+    # Claims of one export before it fails (a worker that dies mid-export costs one).
+    max_attempts: int = Field(default=3, ge=1, le=100, alias="REPORTING_EXPORT_MAX_ATTEMPTS")
+    # The export worker's safety-net poll; LISTEN/NOTIFY wakes it at once anyway.
+    poll_seconds: float = Field(default=5, gt=0, le=3600, alias="REPORTING_EXPORT_POLL_SECS")
 
     @field_validator("public_url")
     @classmethod

@@ -1,3 +1,95 @@
-from fastapi import APIRouter
+"""Export routes (CONTRACT §5): request an export, read one, list the caller's."""
 
-router = APIRouter()
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from reporting.auth.deps import Context, CurrentScope
+from reporting.errors import PROBLEM_JSON
+from reporting.exports import service
+from reporting.exports.schemas import ExportCreate, ExportPage, ExportRead
+
+router = APIRouter(prefix="/stats", tags=["exports"])
+
+_PROBLEM: dict[str, object] = {"description": "A problem+json error", "content": {PROBLEM_JSON: {}}}
+_RATE_HEADERS = {
+    name: {"schema": {"type": "integer"}, "description": description}
+    for name, description in (
+        ("RateLimit-Limit", "Accepted export requests allowed per rolling hour"),
+        ("RateLimit-Remaining", "Requests left in the current window"),
+        ("RateLimit-Reset", "Seconds until the oldest counted request leaves the window"),
+    )
+}
+
+
+def _exportable_group(group_id: str, scope: CurrentScope) -> str:
+    # A dependency, so a foreign group is refused (403) before the body is even validated.
+    service.require_exporter(scope, group_id)
+    return group_id
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+@router.post(
+    "/groups/{group_id}/export",
+    status_code=202,
+    summary="Request a CSV, PDF or XLSX report of a group",
+    responses={
+        202: {"headers": {"Location": {"schema": {"type": "string"}}, **_RATE_HEADERS}},
+        403: _PROBLEM,
+        404: _PROBLEM,
+        422: _PROBLEM,
+        429: {**_PROBLEM, "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+    },
+)
+async def request_export(
+    group_id: Annotated[str, Depends(_exportable_group)],
+    body: ExportCreate,
+    scope: CurrentScope,
+    context: Context,
+    request: Request,
+    response: Response,
+) -> ExportRead:
+    export, quota = await service.request_export(
+        context, scope, group_id, body, base_url=_base_url(request)
+    )
+    response.headers["Location"] = f"/stats/exports/{export.id}"
+    response.headers.update(quota.headers())
+    return export
+
+
+@router.get(
+    "/exports/{export_id}",
+    summary="An export's status and, once ready, its download link",
+    responses={200: {"headers": _RATE_HEADERS}, 403: _PROBLEM, 404: _PROBLEM},
+)
+async def read_export(
+    export_id: str, scope: CurrentScope, context: Context, request: Request, response: Response
+) -> ExportRead:
+    export, quota = await service.read_export(
+        context, scope, export_id, base_url=_base_url(request)
+    )
+    response.headers.update(quota.headers())
+    return export
+
+
+@router.get(
+    "/exports",
+    summary="The caller's exports (an admin's: everyone's), newest first",
+    responses={200: {"headers": _RATE_HEADERS}, 403: _PROBLEM, 422: _PROBLEM},
+)
+async def list_exports(
+    scope: CurrentScope,
+    context: Context,
+    request: Request,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> ExportPage:
+    page, quota = await service.list_exports(
+        context, scope, limit=limit, cursor=cursor, base_url=_base_url(request)
+    )
+    response.headers.update(quota.headers())
+    return page

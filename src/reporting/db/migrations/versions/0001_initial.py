@@ -133,6 +133,8 @@ CREATE TABLE report_exports (
 );
 CREATE INDEX report_exports_requested_by_idx ON report_exports (requested_by, created_at DESC);
 CREATE INDEX report_exports_pending_idx ON report_exports (created_at) WHERE status IN ('pending', 'processing');
+-- The export worker's expiry sweep runs every few seconds: keep it an index probe.
+CREATE INDEX report_exports_expiry_idx ON report_exports (expires_at) WHERE status = 'ready';
 
 -- One row per (export, event, channel): enqueueing twice is harmless. `delivery_id` stays the
 -- same across retries so receivers can drop duplicates (delivery is at least once).

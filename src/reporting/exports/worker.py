@@ -1,0 +1,477 @@
+"""The export worker: takes pending exports off the `report_exports` queue and produces them.
+
+- Wake-up: `LISTEN exports_pending` (the API notifies in the inserting transaction), plus a slow
+  poll (REPORTING_EXPORT_POLL_SECS) as a safety net and to retake exports whose lease ran out.
+- Claim: `FOR UPDATE SKIP LOCKED`, status `processing`, a lease (REPORTING_EXPORT_LEASE_SECS)
+  that a heartbeat thread keeps pushing out while the export is produced. A worker that dies
+  stops the heartbeat, the lease runs out and another worker takes the export again.
+- Produce: read under the requester's stored scope (RLS applies), render to a temp file
+  (streamed), upload under the deterministic key, mark ready only while still holding the lease
+  (fenced by the attempt number). A retake overwrites the same key: one object per export.
+- Fail: a storage error is retried a few times in place, then the export fails with a clear
+  `error`; an export whose workers died REPORTING_EXPORT_MAX_ATTEMPTS times fails too.
+- Expire: ready exports past `expires_at` lose their object and become `expired`.
+- Notify: `ready`/`failed` notices go to the outbox in the same transaction as the status; a
+  separate thread delivers them, so a slow or broken channel never holds up an export.
+
+`tick()` does one round (sweep, then every claimable export); `run()` is the loop around it:
+metrics, signals (SIGTERM finishes the export in hand, then exits 0), `--once`.
+"""
+
+import logging
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+
+import psycopg
+from prometheus_client import start_http_server
+
+from reporting import metrics
+from reporting.db.engine import apply_scope, connect
+from reporting.exports import content, queries
+from reporting.exports.queries import ClaimedExport
+from reporting.exports.render.csv import render_csv
+from reporting.exports.render.pdf import render_pdf
+from reporting.exports.render.texts import texts_for
+from reporting.exports.render.xlsx import TooManyRows, render_xlsx
+from reporting.exports.schemas import download_filename
+from reporting.notify import outbox
+from reporting.notify.notice import ExportNotice
+from reporting.observability import request_id_var
+from reporting.settings import Settings
+from reporting.storage import (
+    ObjectStore,
+    StorageError,
+    build_store,
+    content_type_for,
+    export_key,
+    link_expires_at,
+)
+
+log = logging.getLogger(__name__)
+
+UPLOAD_TRIES = 3
+UPLOAD_BACKOFF_SECS = 0.5
+SWEEP_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    export_id: str
+    format: str
+    status: Literal["ready", "failed", "lost"]  # lost: another worker took the lease over
+    error: str | None = None
+
+
+@dataclass
+class TickResult:
+    ready: int = 0
+    failed: int = 0
+    lost: int = 0
+    expired: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def add(self, outcome: Outcome) -> None:
+        setattr(self, outcome.status, getattr(self, outcome.status) + 1)
+
+
+class ExportFailed(Exception):
+    """The export cannot be produced; str() is the `error` the requester sees."""
+
+
+# --- one export --------------------------------------------------------------------------------
+
+
+def _render(conn: psycopg.Connection, job: ClaimedExport, path: Path) -> str:
+    """Inside a transaction under the requester's scope: write the file; returns the group's
+    name."""
+    header = content.read_header(conn, job.group_id, job.filters)
+    generated_at = datetime.now(UTC)
+    texts = texts_for(job.locale)
+    if job.format == "csv":
+        render_csv(content.iter_rows(conn, job.group_id, job.filters), path)
+    elif job.format == "xlsx":
+        render_xlsx(
+            content.iter_rows(conn, job.group_id, job.filters),
+            path,
+            header=header,
+            filters=job.filters,
+            kpis=content.read_kpis(conn, job.group_id, job.filters),
+            generated_at=generated_at,
+            texts=texts,
+        )
+    else:
+        render_pdf(
+            path,
+            header=header,
+            filters=job.filters,
+            kpis=content.read_kpis(conn, job.group_id, job.filters),
+            topics=content.read_topic_summaries(conn, job.group_id, job.filters),
+            students=content.read_student_summaries(conn, job.group_id, job.filters),
+            generated_at=generated_at,
+            texts=texts,
+        )
+    return header.group_name
+
+
+def _upload(store: ObjectStore, key: str, path: Path) -> None:
+    """Upload, retrying a store that is briefly down; StorageError after the last try."""
+    for attempt in range(1, UPLOAD_TRIES + 1):
+        try:
+            store.put_file(key, path, content_type=content_type_for(path.name))
+            return
+        except StorageError as error:
+            if attempt == UPLOAD_TRIES:
+                raise
+            log.warning("upload failed (try %d of %d): %s", attempt, UPLOAD_TRIES, error)
+            time.sleep(UPLOAD_BACKOFF_SECS * 2 ** (attempt - 1))
+
+
+class _Heartbeat:
+    """Keeps the lease of the export in hand alive from its own connection and thread."""
+
+    def __init__(self, url: str, job: ClaimedExport, lease_seconds: float) -> None:
+        self._url, self._job, self._lease = url, job, lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="export-lease", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        interval = max(self._lease / 3, 0.05)
+        try:
+            with connect(self._url) as conn:
+                while not self._stop.wait(interval):
+                    if not queries.renew_lease(conn, self._job, lease_seconds=self._lease):
+                        log.warning("the lease of export %s was taken over", self._job.id)
+                        return
+        except psycopg.Error as error:  # the export goes on; a lost lease is fenced later
+            log.warning("cannot renew the lease of export %s: %s", self._job.id, error)
+
+
+def _notice(
+    job: ClaimedExport,
+    *,
+    group_name: str,
+    status: Literal["ready", "failed"],
+    download_url: str | None = None,
+    url_expires_at: datetime | None = None,
+    error: str | None = None,
+) -> ExportNotice:
+    return ExportNotice(
+        export_id=str(job.id),
+        group_id=job.group_id,
+        group_name=group_name,
+        format=job.format,
+        status=status,
+        download_url=download_url,
+        url_expires_at=url_expires_at,
+        error=error,
+        email=job.notify.email,
+        telegram_chat_id=job.notify.telegram_chat_id,
+        locale=job.locale,
+        request_id=job.request_id,
+    )
+
+
+def _fail(
+    conn: psycopg.Connection,
+    settings: Settings,
+    job: ClaimedExport,
+    error: str,
+    group_name: str | None = None,
+) -> Outcome:
+    with conn.transaction():
+        held = queries.mark_failed(conn, job, error=error)
+        if held:
+            notice = _notice(
+                job, group_name=group_name or job.group_id, status="failed", error=error
+            )
+            outbox.enqueue(conn, notice, settings.notify)
+    if not held:
+        return Outcome(str(job.id), job.format, "lost")
+    metrics.exports_failed_total.labels(job.format).inc()
+    log.warning("export %s failed: %s", job.id, error, extra={"export_id": str(job.id)})
+    return Outcome(str(job.id), job.format, "failed", error)
+
+
+def produce(
+    conn: psycopg.Connection, url: str, settings: Settings, store: ObjectStore, job: ClaimedExport
+) -> Outcome:
+    """Produce one claimed export end to end; never raises for a problem of the export itself."""
+    started = time.perf_counter()
+    token = request_id_var.set(job.request_id)
+    extra = {"export_id": str(job.id), "format": job.format, "attempt": job.attempt}
+    try:
+        log.info("producing export %s", job.id, extra=extra)
+        if job.attempt > settings.exports.max_attempts:
+            return _fail(
+                conn,
+                settings,
+                job,
+                f"gave up after {job.attempt - 1} attempts: the export worker stopped"
+                " each time while producing this export",
+            )
+        group_name: str | None = None
+        try:
+            key = export_key(settings.storage.prefix, job.group_id, str(job.id), job.format)
+            with (
+                tempfile.TemporaryDirectory(prefix="export-") as tmp,
+                _Heartbeat(url, job, settings.exports.lease_seconds),
+            ):
+                path = Path(tmp) / f"{job.id}.{job.format}"
+                with conn.transaction():
+                    apply_scope(conn, job.scope)
+                    group_name = _render(conn, job, path)
+                _upload(store, key, path)
+        except StorageError as error:
+            return _fail(conn, settings, job, f"storage unreachable: {error}", group_name)
+        except content.GroupNotVisible as error:
+            return _fail(conn, settings, job, f"cannot export: {error}", group_name)
+        except (TooManyRows, ValueError) as error:
+            return _fail(conn, settings, job, f"cannot export: {error}", group_name)
+        except psycopg.OperationalError:
+            raise  # the database is gone: the lease runs out and the export is retaken
+        except Exception as error:
+            log.exception("export %s crashed", job.id, extra=extra)
+            return _fail(
+                conn,
+                settings,
+                job,
+                f"internal error while producing the export ({type(error).__name__})",
+                group_name,
+            )
+        with conn.transaction():
+            expires_at = queries.mark_ready(
+                conn, job, storage_key=key, ttl_hours=settings.exports.ttl_hours
+            )
+            if expires_at is not None:
+                outbox.enqueue(
+                    conn,
+                    _ready_notice(settings, store, job, group_name, key, expires_at),
+                    settings.notify,
+                )
+        if expires_at is None:
+            log.warning("export %s was taken over by another worker", job.id, extra=extra)
+            return Outcome(str(job.id), job.format, "lost")
+        elapsed = time.perf_counter() - started
+        metrics.exports_generated_total.labels(job.format).inc()
+        metrics.export_duration_seconds.labels(job.format).observe(elapsed)
+        log.info("export %s ready in %.3f s", job.id, elapsed, extra=extra)
+        return Outcome(str(job.id), job.format, "ready")
+    finally:
+        request_id_var.reset(token)
+
+
+def _ready_notice(
+    settings: Settings,
+    store: ObjectStore,
+    job: ClaimedExport,
+    group_name: str,
+    key: str,
+    expires_at: datetime,
+) -> ExportNotice:
+    ttl = timedelta(hours=settings.exports.signed_url_ttl_hours)
+    try:
+        url_expires_at = link_expires_at(expires_at, ttl)
+        download_url = store.signed_url(
+            key,
+            expires_at=expires_at,
+            filename=download_filename(job.group_id, job.filters, job.format),
+            base_url=settings.exports.public_url,
+        )
+    except (ValueError, StorageError) as error:  # the notice still goes out, without a link
+        log.warning("cannot sign a link for export %s: %s", job.id, error)
+        url_expires_at, download_url = None, None
+    return _notice(
+        job,
+        group_name=group_name,
+        status="ready",
+        download_url=download_url,
+        url_expires_at=url_expires_at,
+    )
+
+
+# --- a round -----------------------------------------------------------------------------------
+
+
+def sweep_expired(conn: psycopg.Connection, store: ObjectStore) -> int:
+    """Delete the objects of ready exports past their expiry and mark them expired."""
+    swept = 0
+    while True:
+        with conn.transaction():
+            batch = queries.lock_expired_exports(conn, limit=SWEEP_BATCH)
+            for export_id, key in batch:
+                try:
+                    store.delete(key)
+                except StorageError as error:  # the API already shows it expired; retry later
+                    log.warning("cannot delete expired export %s: %s", export_id, error)
+                    continue
+                queries.mark_expired(conn, export_id)
+                swept += 1
+        if len(batch) < SWEEP_BATCH:
+            return swept
+
+
+def tick(
+    url: str,
+    settings: Settings,
+    store: ObjectStore,
+    *,
+    stop: threading.Event | None = None,
+    on_finished: Callable[[Outcome], None] | None = None,
+) -> TickResult:
+    """One round: sweep expired exports, then produce claimable exports until none is left
+    (or `stop` is set: the export in hand is finished first)."""
+    result = TickResult()
+    with connect(url, autocommit=True) as conn:
+        result.expired = sweep_expired(conn, store)
+        while stop is None or not stop.is_set():
+            job = queries.claim_next_export(conn, lease_seconds=settings.exports.lease_seconds)
+            if job is None:
+                break
+            outcome = produce(conn, url, settings, store, job)
+            result.add(outcome)
+            if on_finished is not None:
+                on_finished(outcome)
+    return result
+
+
+def deliver_notifications(url: str, settings: Settings) -> None:
+    """Send what is due in the outbox (one batch after another until nothing is due)."""
+    with connect(url, autocommit=True) as conn:
+        while outbox.deliver_due(conn, settings.notify, limit=50).attempted == 50:
+            pass
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+class _Notifier:
+    """Delivers due notifications in its own thread: woken after each export, and every few
+    seconds for retries. Its failures are logged and never reach the exports."""
+
+    def __init__(self, url: str, settings: Settings, interval: float) -> None:
+        self._url, self._settings, self._interval = url, settings, interval
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="export-notify", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self, _outcome: Outcome | None = None) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            try:
+                deliver_notifications(self._url, self._settings)
+            except Exception:
+                log.exception("notification delivery failed")
+            if self._stop.is_set():
+                return
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: finishing the export in hand, then exiting", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _counted_tick(
+    url: str, settings: Settings, store: ObjectStore, stop: threading.Event, notifier: _Notifier
+) -> TickResult | None:
+    try:
+        result = tick(url, settings, store, stop=stop, on_finished=notifier.wake)
+    except Exception:
+        log.exception("export worker round failed")
+        metrics.export_worker_ticks_total.labels("error").inc()
+        return None
+    metrics.export_worker_ticks_total.labels("success" if result.ok else "error").inc()
+    return result
+
+
+def _wait_for_work(listener: psycopg.Connection, stop: threading.Event, seconds: float) -> None:
+    """Until a NOTIFY arrives, `seconds` pass or `stop` is set (checked twice a second)."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        for _ in listener.notifies(timeout=min(left, 0.5), stop_after=1):
+            return
+
+
+def run(
+    settings: Settings,
+    url: str,
+    *,
+    once: bool,
+    metrics_port: int | None,
+    metrics_host: str = "127.0.0.1",
+) -> int:
+    """The `export-worker` command. `--once`: produce what is pending, deliver what is due,
+    exit 0 (1 if an export failed). Otherwise loop until SIGTERM/SIGINT, then exit 0."""
+    store = build_store(settings)
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr=metrics_host)
+    stop = threading.Event()
+    poll = settings.exports.poll_seconds
+    notifier = _Notifier(url, settings, interval=min(poll, 2.0))
+    with _stop_on_signals(stop):
+        if once:
+            result = _counted_tick(url, settings, store, stop, notifier)
+            try:
+                deliver_notifications(url, settings)
+            except Exception:
+                log.exception("notification delivery failed")
+            return 0 if result is not None and result.ok else 1
+        notifier.start()
+        log.info("export worker started")
+        try:
+            while not stop.is_set():
+                try:
+                    with connect(url, autocommit=True) as listener:
+                        listener.execute("LISTEN exports_pending")
+                        while not stop.is_set():
+                            _counted_tick(url, settings, store, stop, notifier)
+                            _wait_for_work(listener, stop, poll)
+                except psycopg.OperationalError as error:
+                    log.warning("database connection lost (%s); retrying in 1 s", error)
+                    stop.wait(1)
+        finally:
+            notifier.stop(timeout=10)
+    log.info("export worker stopped")
+    return 0
