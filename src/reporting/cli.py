@@ -66,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level="warning",
+        log_config=None,  # keep our JSON handler: uvicorn's own config logs plain text
         access_log=False,
         proxy_headers=True,
         timeout_graceful_shutdown=10,

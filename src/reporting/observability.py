@@ -48,14 +48,18 @@ class ObservabilityMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
-        finally:
-            route = _route_template(scope)
-            labels = (scope["method"], route, str(status))
-            metrics.http_request_duration_seconds.labels(*labels).observe(
-                time.perf_counter() - started
-            )
-            metrics.http_requests_total.labels(*labels).inc()
-            request_id_var.reset(token)
+        except BaseException:
+            # The id stays set: the server logs the traceback next, in this request's own task.
+            self._count(scope, status, started)
+            raise
+        self._count(scope, status, started)
+        request_id_var.reset(token)
+
+    @staticmethod
+    def _count(scope: Scope, status: int, started: float) -> None:
+        labels = (scope["method"], _route_template(scope), str(status))
+        metrics.http_request_duration_seconds.labels(*labels).observe(time.perf_counter() - started)
+        metrics.http_requests_total.labels(*labels).inc()
 
 
 class JsonFormatter(logging.Formatter):
