@@ -153,7 +153,7 @@ def test_missing_bucket_is_named(s3_server: S3Server, tmp_path: Path) -> None:
 
     with pytest.raises(StorageError, match="the bucket does not exist"):
         store.put_file("exports/g1/e1.csv", _file(tmp_path), content_type=CSV)
-    with pytest.raises(StorageError, match="'no-such-bucket-here'.*does not exist"):
+    with pytest.raises(StorageError, match=r"'no-such-bucket-here'.*does not exist"):
         store.check()
 
 
