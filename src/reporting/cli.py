@@ -61,6 +61,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(require_jwt=True)
     url = _migrated_url(settings)
     app = create_app(settings, url=url)
+    # uvicorn stops gracefully on SIGTERM, then re-raises it to the handler it found (ours turns
+    # it into exit 143): a stop that was asked for and went well exits 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         app,
         host=args.host,
