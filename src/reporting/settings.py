@@ -74,7 +74,19 @@ class AuthSettings(BaseSettings):
         value = value.replace("\\n", "\n")
         if "-----BEGIN PUBLIC KEY-----" not in value:
             raise ValueError("must be a PEM public key (-----BEGIN PUBLIC KEY-----)")
-        return value
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        # Checked here so a bad key stops the process at start, not at the first request.
+        try:
+            key = load_pem_public_key(value.encode())
+        except ValueError:
+            raise ValueError("is not a readable PEM public key") from None
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048:
+            return value
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+            return value
+        raise ValueError("must be an RSA key of 2048+ bits (RS256) or a P-256 EC key (ES256)")
 
 
 class WorkerSettings(BaseSettings):

@@ -1,0 +1,180 @@
+"""A bad or missing setting stops the real console script at start with one line naming the
+variable (CONTRACT §4); good ones, from the environment or `.env`, are read."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from reporting.settings import SettingsError, load_settings
+from tests.conftest import JWT_SECRET
+
+REPORTING = str(Path(sys.executable).parent / "reporting")
+
+
+def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def _env(tmp_path: Path, **variables: str) -> dict[str, str]:
+    """A clean environment: nothing inherited that could satisfy or break a setting."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "REPORTING_DATA_DIR": str(tmp_path / "data"),
+        "REPORTING_JWT_SECRET": JWT_SECRET,
+        **variables,
+    }
+
+
+def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in env.items() if value != "<unset>"}
+    return subprocess.run(
+        [REPORTING, "serve", "--port", "1"],
+        env=env,
+        cwd=tmp_path,  # no .env of the developer's checkout
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("variables", "variable", "reason"),
+    [
+        ({"REPORTING_WORKER_INTERVAL_SECS": "abc"}, "REPORTING_WORKER_INTERVAL_SECS", "number"),
+        ({"REPORTING_WORKER_INTERVAL_SECS": "0"}, "REPORTING_WORKER_INTERVAL_SECS", "greater"),
+        ({"DATABASE_URL": "mysql://db/reporting"}, "DATABASE_URL", "postgresql://"),
+        ({"REPORTING_JWT_SECRET": "<unset>"}, "REPORTING_JWT_SECRET", "missing"),
+        ({"REPORTING_JWT_SECRET": "short"}, "REPORTING_JWT_SECRET", "16 characters"),
+        (
+            {
+                "REPORTING_JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"
+            },
+            "REPORTING_JWT_PUBLIC_KEY",
+            "readable",
+        ),
+        ({"REPORTING_LEADERBOARD_SIZE": "many"}, "REPORTING_LEADERBOARD_SIZE", "integer"),
+        ({"REPORTING_EXPORT_TTL_HOURS": "-1"}, "REPORTING_EXPORT_TTL_HOURS", "greater"),
+        ({"REPORTING_ENABLE_LIVE_UPDATES": "maybe"}, "REPORTING_ENABLE_LIVE_UPDATES", "boolean"),
+    ],
+    ids=[
+        "interval-abc",
+        "interval-zero",
+        "database-url",
+        "missing-jwt-secret",
+        "short-jwt-secret",
+        "garbage-public-key",
+        "leaderboard-size",
+        "export-ttl",
+        "live-updates",
+    ],
+)
+def test_serve_stops_at_start_with_one_line_naming_the_variable(
+    tmp_path: Path, variables: dict[str, str], variable: str, reason: str
+) -> None:
+    result = _serve(tmp_path, _env(tmp_path, **variables))
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert reason in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "data").exists(), "nothing was started"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_serve_starts_with_the_same_environment_when_settings_are_good(
+    tmp_path: Path, fresh_db_url: str
+) -> None:
+    port = _free_port()
+    env = _env(tmp_path, DATABASE_URL=fresh_db_url, REPORTING_WORKER_INTERVAL_SECS="60")
+    process = subprocess.Popen(
+        [REPORTING, "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert status == 200
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def test_settings_come_from_dotenv_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text(
+        f"REPORTING_JWT_SECRET={JWT_SECRET}\nREPORTING_LEADERBOARD_SIZE=25\n"
+        "REPORTING_WORKER_INTERVAL_SECS=120\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for name in ("REPORTING_JWT_SECRET", "REPORTING_LEADERBOARD_SIZE", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REPORTING_WORKER_INTERVAL_SECS", "30")
+
+    settings = load_settings()
+
+    assert settings.worker.leaderboard_size == 25
+    assert settings.worker.interval_secs == 30
+    assert settings.auth.jwt_secret is not None
+    assert settings.auth.jwt_secret.get_secret_value() == JWT_SECRET
+
+
+@pytest.mark.parametrize(
+    ("key", "accepted"),
+    [
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), True),
+        (lambda: ec.generate_private_key(ec.SECP256R1()), True),
+        (lambda: ec.generate_private_key(ec.SECP384R1()), False),
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), False),
+    ],
+    ids=["rsa-2048", "ec-p256", "ec-p384", "rsa-1024"],
+)
+def test_public_key_must_fit_rs256_or_es256(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    key: Callable[[], rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey],
+    accepted: bool,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REPORTING_JWT_SECRET", raising=False)
+    # escaped newlines, as a one-line environment variable carries them
+    monkeypatch.setenv("REPORTING_JWT_PUBLIC_KEY", _pem(key()).replace("\n", "\\n"))
+
+    if accepted:
+        assert load_settings().auth.jwt_public_key is not None
+    else:
+        with pytest.raises(SettingsError, match=r"^invalid setting REPORTING_JWT_PUBLIC_KEY: "):
+            load_settings()
