@@ -118,11 +118,11 @@ def _totals(raw: dict[str, Any] | None) -> Totals | None:
     )
 
 
-async def group_members(
-    conn: psycopg.AsyncConnection, scope: Scope, group_id: str
-) -> list[MemberRow]:
-    """Every member of the group with their progress summary (if the worker wrote one)."""
-    scope.require_group(group_id)
+async def group_members(conn: psycopg.AsyncConnection, group_id: str) -> list[MemberRow]:
+    """Every member of the group with their progress summary (if the worker wrote one).
+
+    The caller checks the scope first; row-level security still hides a foreign group's rows.
+    """
     cursor = conn.cursor(row_factory=dict_row)
     await cursor.execute(
         """

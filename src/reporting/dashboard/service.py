@@ -131,7 +131,7 @@ async def group_students(
     """Every member with figures and flags; those needing attention first (alerts, then warnings)."""
     scope.require_stats_reader()
     scope.require_group(group_id)
-    members = await queries.group_members(conn, scope, group_id)
+    members = await queries.group_members(conn, group_id)
     if not members and not await queries.group_exists(conn, group_id):
         raise NotFound(f"There is no group {group_id!r}.")
     reference = _reference(members)

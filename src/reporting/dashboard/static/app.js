@@ -275,8 +275,8 @@ async function loadGroup(groupId, { silent = false } = {}) {
   state.group = group;
   localStorage.setItem(LAST_GROUP_KEY, groupId);
   showBanner(null);
+  show($('#group-content'), true); // first: the charts measure their containers
   renderGroup();
-  show($('#group-content'), true);
   views.dashboard.removeAttribute('aria-busy');
   if (!silent) {
     performance.mark('kpi-rendered');
@@ -479,6 +479,7 @@ function renderLeaderboard() {
         { key: 'attempts', label: t('col.attempts'), numeric: true, render: (r) => number(r.attempts) },
       ],
       rows: board.rankings,
+      rowHeader: 'display_name',
       sortKey: 'rank',
       sortDir: 'asc',
     }),

@@ -348,6 +348,7 @@ export function seconds(value) {
     style: 'unit',
     unit: 'second',
     unitDisplay: 'short',
+    minimumFractionDigits: 1,
     maximumFractionDigits: 1,
   }).format(value);
 }
@@ -406,6 +407,8 @@ export function signedPoints(value) {
     minimumFractionDigits: 1,
     maximumFractionDigits: 1,
     signDisplay: 'exceptZero',
-  }).format(value * 100);
+  })
+    .format(value * 100)
+    .replace('-', '−');
   return current === 'ru' ? `${points} п. п.` : `${points} pp`;
 }

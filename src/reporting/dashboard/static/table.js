@@ -17,9 +17,11 @@ function compare(a, b, dir) {
 
 /**
  * columns: [{key, label, value(row) -> sortable, render(row) -> node|text, numeric}]
- * The table re-sorts itself; `id` names it for the remembered order.
+ * The table re-sorts itself; `id` names it for the remembered order. The `rowHeader` column's
+ * cells are the row headers (<th scope="row">), the first column's by default.
  */
-export function sortableTable({ id, caption, columns, rows, sortKey, sortDir = 'asc' }) {
+export function sortableTable({ id, caption, columns, rows, sortKey, sortDir = 'asc', rowHeader }) {
+  const headerKey = rowHeader ?? columns[0].key;
   const state = sortState.get(id) ?? { key: sortKey ?? columns[0].key, dir: sortDir };
   sortState.set(id, state);
   const tbody = h('tbody');
@@ -35,10 +37,10 @@ export function sortableTable({ id, caption, columns, rows, sortKey, sortDir = '
             h(
               'tr',
               null,
-              columns.map((c, index) => {
+              columns.map((c) => {
                 const content = c.render ? c.render(row) : (c.value ?? ((r) => r[c.key]))(row);
                 const attrs = { class: c.numeric ? 'num' : null };
-                return index === 0 ? h('th', { ...attrs, scope: 'row' }, content) : h('td', attrs, content);
+                return c.key === headerKey ? h('th', { ...attrs, scope: 'row' }, content) : h('td', attrs, content);
               }),
             ),
           )

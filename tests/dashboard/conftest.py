@@ -1,0 +1,184 @@
+"""The dashboard tests' world: Debian's Chromium driven by Playwright, the real API served by
+uvicorn on 127.0.0.1 in a thread, over a database holding the small school of school.py.
+
+Every browser test also checks that the page asked nothing of any other server and threw no
+JavaScript error (`page_guard`, autouse for tests that use `page`).
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+import uvicorn
+from playwright.sync_api import Page, Request
+
+from reporting.app import create_app
+from reporting.settings import DatabaseSettings, Settings
+from tests.conftest import JWT_SECRET, make_settings
+from tests.dashboard import school as school_data
+from tests.servers import free_port
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(
+    browser_type_launch_args: dict[str, object], browser_name: str | None
+) -> dict[str, object]:
+    # Only Chromium gets Debian's binary; forcing it on another browser type would hang.
+    if browser_name not in (None, "chromium"):
+        return browser_type_launch_args
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture(scope="session")
+def base_url() -> None:
+    """Replaces pytest-playwright's fallback fixture, an instance method that pytest 9 warns
+    about (an error here); the tests build absolute URLs from `live_server`."""
+    return None
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def school(module_db_url: str) -> school_data.School:
+    with psycopg.connect(module_db_url) as conn:
+        built = school_data.build_school(conn)
+        school_data.derive(conn, built)
+    return built
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    db_url: str
+    data_dir: Path
+    settings: Settings
+    app: object
+    env: dict[str, str] = field(default_factory=dict)
+
+    def url(self, path: str = "/dashboard") -> str:
+        return self.base_url + path
+
+
+class _Uvicorn(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test process keeps its own handlers
+        pass
+
+
+def serve(settings: Settings, db_url: str, data_dir: Path) -> Iterator[LiveServer]:
+    """The real app on a free 127.0.0.1 port, in a thread, until the generator is closed."""
+    app = create_app(settings, url=db_url)
+    port = free_port()
+    server = _Uvicorn(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, name="dashboard-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the API did not start")
+        time.sleep(0.02)
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "REPORTING_DATA_DIR": str(data_dir),
+        "REPORTING_JWT_SECRET": JWT_SECRET,
+        "REPORTING_LOG_JSON": "false",
+        "REPORTING_LOG_LEVEL": "WARNING",
+    }
+    try:
+        yield LiveServer(
+            base_url=f"http://127.0.0.1:{port}",
+            db_url=db_url,
+            data_dir=data_dir,
+            settings=settings,
+            app=app,
+            env=env,
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def live_server(
+    module_db_url: str, school: school_data.School, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    data_dir = tmp_path_factory.mktemp("dashboard-data")
+    settings = make_settings(
+        module_db_url,
+        database=DatabaseSettings(DATABASE_URL=module_db_url, REPORTING_DATA_DIR=str(data_dir)),
+    )
+    yield from serve(settings, module_db_url, data_dir)
+
+
+@pytest.fixture(scope="module")
+def export_worker(live_server: LiveServer) -> Iterator[subprocess.Popen[bytes]]:
+    """`export-worker` as a process on the same database and data directory as the API."""
+    command = [str(Path(sys.executable).parent / "export-worker")]
+    process = subprocess.Popen(command, env=live_server.env, stderr=subprocess.PIPE)
+    time.sleep(0.3)
+    if process.poll() is not None:
+        assert process.stderr is not None
+        raise RuntimeError(f"export-worker exited: {process.stderr.read().decode()}")
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass
+class PageGuard:
+    requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(autouse=True)
+def page_guard(request: pytest.FixtureRequest) -> Iterator[PageGuard]:
+    """For browser tests: no request leaves for another server, no uncaught JS error."""
+    guard = PageGuard()
+    if "page" not in request.fixturenames:
+        yield guard
+        return
+    page: Page = request.getfixturevalue("page")
+
+    def on_request(req: Request) -> None:
+        guard.requests.append(req.url)
+
+    page.on("request", on_request)
+    page.on("pageerror", lambda error: guard.errors.append(str(error)))
+    yield guard
+    origin = (
+        request.getfixturevalue("live_server").base_url + "/"
+        if "live_server" in request.fixturenames
+        else "http://127.0.0.1:"
+    )
+    foreign = [url for url in guard.requests if not url.startswith((origin, "data:", "blob:"))]
+    assert not foreign, f"requests to other servers: {foreign}"
+    assert not guard.errors, f"uncaught JavaScript errors: {guard.errors}"

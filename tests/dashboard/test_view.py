@@ -1,0 +1,238 @@
+"""The group view in Chromium: KPI cards, charts, tables, leaderboard, students needing
+attention, the student drill-down, sorting by keyboard, the language switch, narrow screens."""
+
+import re
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from tests.conftest import TokenFactory
+from tests.dashboard.conftest import LiveServer
+from tests.dashboard.pages import kpi, sign_in, wait_for_group
+from tests.dashboard.school import FOREIGN_NAMES, TEACHER_GROUPS, TOPICS, School, metrics
+
+
+def test_teacher_sees_the_group_figures_as_the_api_computes_them(
+    page: Page,
+    live_server: LiveServer,
+    school: School,
+    make_token: TokenFactory,
+    artifacts_dir: Path,
+) -> None:
+    page.set_viewport_size({"width": 1360, "height": 1000})
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS, sub="t-view"))
+    wait_for_group(page, "7А класс")
+    expected = metrics(school.attempts_of(group_id="g-a"))
+
+    # Russian number formatting: comma decimals, non-breaking spaces.
+    def ru_percent(value: float) -> str:
+        return f"{value * 100:.1f}".replace(".", ",") + "\u00a0%"
+
+    assert kpi(page, "accuracy") == ru_percent(expected["avg_accuracy"])
+    assert kpi(page, "hints") == ru_percent(expected["hint_usage_rate"])
+    assert kpi(page, "attempts") == str(expected["total_attempts"])
+    assert kpi(page, "students") == str(expected["total_users"])
+    assert kpi(page, "score") == f"{expected['avg_score']:.1f}".replace(".", ",")
+    assert kpi(page, "time").startswith(f"{expected['avg_time_seconds']:.1f}".replace(".", ","))
+    expect(page.locator("#freshness")).to_contain_text("Данные на")
+
+    # One bar per topic, ten histogram bands, every table filled.
+    expect(page.locator("#chart-topics svg rect.bar")).to_have_count(len(TOPICS))
+    expect(page.locator("#chart-distribution svg rect.bar")).to_have_count(10)
+    expect(page.locator("#chart-topics svg")).to_have_attribute("role", "img")
+    expect(page.locator("#levels-table tbody tr")).to_have_count(2)
+    expect(page.locator("#topics-table tbody tr")).to_have_count(len(TOPICS))
+    expect(page.locator("#leaderboard tbody tr")).to_have_count(5)
+    expect(page.locator("#leaderboard tbody tr").first).to_contain_text("Анна Смирнова")
+
+    # Students needing attention: the weak, the hint-heavy, the idle, the one who never started.
+    items = page.locator("#attention-list .attention-item")
+    expect(items).to_have_count(4)
+    expect(items.nth(0)).to_contain_text("Вера Кузнецова")
+    expect(items.nth(0)).to_have_class(re.compile(r"\bseverity-alert\b"))
+    expect(page.locator('#attention-list [data-user-id="a4"] .flag')).to_contain_text("Подсказок")
+    expect(page.locator('#attention-list [data-user-id="a5"]')).to_have_class(
+        re.compile(r"\bseverity-warning\b")
+    )
+    expect(page.locator('#attention-list [data-user-id="a6"]')).to_contain_text("Ни одной попытки")
+    expect(page.locator('#attention-list [data-user-id="a1"]')).to_have_count(0)
+
+    body = page.locator("body").inner_text()
+    assert not any(name in body for name in FOREIGN_NAMES)
+    page.screenshot(path=str(artifacts_dir / "dashboard-main.png"), full_page=True)
+
+
+def topic_names(page: Page) -> list[str]:
+    return page.locator("#topics-table tbody th").all_inner_texts()
+
+
+def test_tables_sort_from_the_keyboard(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS))
+    wait_for_group(page, "7А класс")
+    assert topic_names(page) == ["Геометрия", "Дроби", "Проценты", "Уравнения"]  # by name
+
+    accuracy = page.locator("#topics-table thead th").nth(2)
+    accuracy.locator("button").focus()
+    page.keyboard.press("Enter")
+    expect(accuracy).to_have_attribute("aria-sort", "descending")
+    assert topic_names(page)[0] == "Дроби"  # the easy topic first
+    page.keyboard.press("Space")
+    expect(accuracy).to_have_attribute("aria-sort", "ascending")
+    assert topic_names(page)[0] == "Проценты"
+    expect(page.locator("#topics-table thead th").first).to_have_attribute("aria-sort", "none")
+
+    # Tab moves on to the next header, which sorts in turn.
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    expect(page.locator("#topics-table thead th").nth(3)).to_have_attribute(
+        "aria-sort", "descending"
+    )
+
+
+def test_russian_by_default_english_on_request_and_remembered(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS))
+    wait_for_group(page, "7А класс")
+    expect(page.locator("html")).to_have_attribute("lang", "ru")
+    expect(page.locator('[data-kpi="accuracy"] .kpi-label')).to_have_text("Точность")
+    expect(page.locator("#leaderboard-title")).to_have_text("Рейтинг группы")
+
+    page.get_by_role("button", name="EN", exact=True).click()
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.get_by_role("button", name="EN", exact=True)).to_have_attribute(
+        "aria-pressed", "true"
+    )
+    expect(page.locator('[data-kpi="accuracy"] .kpi-label')).to_have_text("Accuracy")
+    expect(page.locator('[data-kpi="accuracy"] .kpi-value')).to_have_text("70.0%")
+    expect(page.locator("#leaderboard-title")).to_have_text("Group leaderboard")
+    expect(page.locator("#export-submit")).to_have_text("Create the report")
+    expect(page.locator("#freshness")).to_contain_text("Data as of")
+    expect(page.locator('#attention-list [data-user-id="a6"]')).to_contain_text("No attempts yet")
+    assert page.title() == "Reporting & Analytics"
+    # No Russian word is left in the interface's own texts (names and data aside).
+    chrome = page.locator(
+        "[data-i18n], .kpi-label, .kpi-note, #attention-hint, .flag, thead, #export-quota"
+    )
+    assert not any(re.search(r"[а-яё]", text, re.IGNORECASE) for text in chrome.all_inner_texts())
+
+    page.reload()
+    wait_for_group(page, "7А класс")
+    expect(page.locator("#leaderboard-title")).to_have_text("Group leaderboard")
+    page.get_by_role("button", name="RU", exact=True).click()
+    expect(page.locator("#leaderboard-title")).to_have_text("Рейтинг группы")
+
+
+def test_student_drill_down_compares_with_the_group(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS))
+    wait_for_group(page, "7А класс")
+    page.locator('#attention-list [data-user-id="a3"] button.link-button').click()
+
+    dialog = page.locator("#student-dialog")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#student-title")).to_have_text("Вера Кузнецова")
+    assert "student=a3" in page.url
+    expect(dialog.locator(".mini-kpi").first).to_contain_text("30,0")
+    expect(dialog.locator("#student-topics tbody tr")).to_have_count(len(TOPICS))
+    expect(dialog.locator("#student-levels tbody tr")).to_have_count(2)
+    # 30 % against the group's 70 %: every difference is a notable negative one.
+    expect(dialog.locator("#student-topics .delta-neg")).to_have_count(len(TOPICS))
+    expect(dialog.locator("#student-topics tbody tr").first).to_contain_text("−40,0 п. п.")
+
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(page).not_to_have_url(re.compile("student="))
+    # The address alone opens it again (a bookmark, the back button).
+    page.go_back()
+    expect(page.locator("#student-title")).to_have_text("Вера Кузнецова")
+
+
+def test_teacher_picks_only_among_their_groups(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS))
+    wait_for_group(page, "7А класс")
+    options = page.locator("#group-select option")
+    expect(options).to_have_count(2)
+    assert options.all_inner_texts() == ["7А класс", "7Б класс"]
+    expect(page.locator("#group-search")).to_be_hidden()
+    page.locator("#group-select").select_option("g-b")
+    wait_for_group(page, "7Б класс")
+    assert page.url.endswith("#group=g-b")
+    assert kpi(page, "students") == "2"
+
+
+def test_admin_sees_every_group_and_searches_them(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    sign_in(page, live_server, make_token("admin", sub="admin-view"))
+    wait_for_group(page, "7А класс")
+    expect(page.locator("#group-select option")).to_have_count(3)
+    page.locator("#group-search").fill("9в")
+    expect(page.locator("#group-select option")).to_have_count(2)  # the open group stays
+    page.locator("#group-select").select_option("g-x")
+    wait_for_group(page, "9В класс")
+    expect(page.locator("#leaderboard")).to_contain_text(FOREIGN_NAMES[0])
+    expect(page.locator("#whoami")).to_contain_text("Администратор")
+
+
+def test_works_on_a_narrow_screen(
+    page: Page,
+    live_server: LiveServer,
+    school: School,
+    make_token: TokenFactory,
+    artifacts_dir: Path,
+) -> None:
+    page.set_viewport_size({"width": 375, "height": 740})
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS))
+    wait_for_group(page, "7А класс")
+    overflow = page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px"
+    # Charts are drawn at the width they get.
+    svg_width = float(page.locator("#chart-topics svg").get_attribute("width") or 0)
+    assert 250 <= svg_width <= 375
+    page.screenshot(path=str(artifacts_dir / "dashboard-narrow.png"), full_page=True)
+
+
+def test_controls_are_labelled_and_status_is_announced(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS))
+    wait_for_group(page, "7А класс")
+    # The first thing a keyboard reaches is the skip link, which shows itself when focused.
+    first = page.evaluate(
+        "document.querySelector('a[href], button, input, select, textarea').className"
+    )
+    assert first == "skip-link"
+    page.locator(".skip-link").focus()
+    expect(page.locator(".skip-link")).to_be_in_viewport()
+    page.keyboard.press("Enter")
+    expect(page.locator("#main")).to_be_focused()
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')]
+            .filter((el) => el.offsetParent !== null || el.closest('dialog[open]'))
+            .filter((el) => {
+                const named = el.labels?.length || el.getAttribute('aria-label')
+                    || el.getAttribute('aria-labelledby') || el.textContent.trim();
+                return !named;
+            })
+            .map((el) => el.outerHTML.slice(0, 120))"""
+    )
+    assert unlabelled == []
+    expect(page.locator("#status")).to_have_attribute("aria-live", "polite")
+    expect(page.locator("#status")).to_contain_text("7А класс")
+    expect(page.locator("#export-status")).to_have_attribute("aria-live", "polite")
+    charts = page.locator("svg.svg-chart")
+    expect(charts).to_have_count(2)
+    for chart in charts.all():
+        # Named and described by its own <title> and <desc>, which carry every figure.
+        names = (chart.get_attribute("aria-labelledby") or "").split()
+        assert len(names) == 2
+        assert page.locator(f"#{names[0]}").text_content()
+        assert "%" in (page.locator(f"#{names[1]}").text_content() or "")
