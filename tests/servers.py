@@ -209,7 +209,8 @@ class SmtpServer(_Server):
                 and users is not None
                 and users.get(data.login.decode()) == data.password.decode()
             )
-            return AuthResult(success=ok)
+            # handled=False: aiosmtpd then answers 535 itself (True would leave the client hanging)
+            return AuthResult(success=ok, handled=False, auth_data=data)
 
         self._controller = Controller(
             Handler(),
@@ -278,7 +279,10 @@ class HttpCapture(_Server):
         self._plan = _Plan()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # A short poll interval keeps stop() (and so each test's teardown) quick.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
