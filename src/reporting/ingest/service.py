@@ -1,0 +1,254 @@
+"""Ingestion: the directory upsert and attempt batches, each one transaction, all or nothing.
+
+Writes run under the system scope (owner rights): the API's role `reporting_api` has no write
+grants, so the route checks `Scope.require_ingest()` first and the service then writes as the
+owner. Every write is set-wise (unnest arrays, COPY into staging), never row by row.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from reporting import metrics
+from reporting.auth.scope import SYSTEM
+from reporting.db.engine import Database
+from reporting.ingest import copy
+from reporting.ingest.schemas import (
+    MAX_LISTED_ERRORS,
+    AttemptCreate,
+    DirectoryCounts,
+    DirectoryUpsert,
+    FieldError,
+    bad_entries_detail,
+    reject,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptsIngested:
+    """What a batch did; `group_ids` are the groups that received new attempts (for live updates)."""
+
+    inserted: int
+    duplicates: int
+    group_ids: frozenset[str]
+
+
+# --- directory -------------------------------------------------------------------------------
+
+# Rows go in id order so that concurrent upserts lock them in the same order (no deadlocks), and
+# an unchanged row is not rewritten.
+_UPSERT_LEVELS = """
+INSERT INTO levels (id, name, position)
+SELECT id, name, position FROM unnest(%s::text[], %s::text[], %s::int[]) AS l (id, name, position)
+ORDER BY id COLLATE "C"
+ON CONFLICT (id) DO UPDATE
+SET name = excluded.name, position = excluded.position, updated_at = now()
+WHERE (levels.name, levels.position) IS DISTINCT FROM (excluded.name, excluded.position)
+"""
+
+_UPSERT_TOPICS = """
+INSERT INTO topics (id, name, level_key)
+SELECT t.id, t.name, l.key
+FROM unnest(%s::text[], %s::text[], %s::text[]) AS t (id, name, level_id)
+JOIN levels l ON l.id = t.level_id
+ORDER BY t.id COLLATE "C"
+ON CONFLICT (id) DO UPDATE
+SET name = excluded.name, level_key = excluded.level_key, updated_at = now()
+WHERE (topics.name, topics.level_key) IS DISTINCT FROM (excluded.name, excluded.level_key)
+"""
+
+_UPSERT_GROUPS = """
+INSERT INTO groups (id, name)
+SELECT id, name FROM unnest(%s::text[], %s::text[]) AS g (id, name)
+ORDER BY id COLLATE "C"
+ON CONFLICT (id) DO UPDATE
+SET name = excluded.name, updated_at = now()
+WHERE groups.name IS DISTINCT FROM excluded.name
+"""
+
+_UPSERT_USERS = """
+INSERT INTO users (id, display_name)
+SELECT id, display_name FROM unnest(%s::text[], %s::text[]) AS u (id, display_name)
+ORDER BY id COLLATE "C"
+ON CONFLICT (id) DO UPDATE
+SET display_name = excluded.display_name, updated_at = now()
+WHERE users.display_name IS DISTINCT FROM excluded.display_name
+"""
+
+# The given users' memberships become exactly the given pairs: drop the others, add the new.
+_REPLACE_MEMBERSHIPS = """
+WITH wanted AS (
+    SELECT u.key AS user_key, g.key AS group_key
+    FROM unnest(%(pair_users)s::text[], %(pair_groups)s::text[]) AS m (user_id, group_id)
+    JOIN users u ON u.id = m.user_id
+    JOIN groups g ON g.id = m.group_id
+), dropped AS (
+    DELETE FROM user_groups ug
+    USING users u
+    WHERE u.key = ug.user_key AND u.id = ANY (%(users)s::text[])
+      AND NOT EXISTS (
+          SELECT 1 FROM wanted w WHERE w.user_key = ug.user_key AND w.group_key = ug.group_key)
+)
+INSERT INTO user_groups (user_key, group_key)
+SELECT user_key, group_key FROM wanted ORDER BY user_key, group_key
+ON CONFLICT DO NOTHING
+"""
+
+
+async def ingest_directory(db: Database, directory: DirectoryUpsert) -> DirectoryCounts:
+    """Upsert the directory in one transaction; 422 (nothing written) on duplicates or bad refs."""
+    async with db.scoped(SYSTEM) as conn:
+        counts = await upsert_directory(conn, directory)
+    log.info("directory upserted", extra=counts.model_dump())
+    return counts
+
+
+async def upsert_directory(
+    conn: psycopg.AsyncConnection, directory: DirectoryUpsert
+) -> DirectoryCounts:
+    """Inside the caller's transaction: validate, then upsert levels, topics, groups, users and
+    replace the given users' memberships."""
+    errors = _repeated_ids(directory) or await _unknown_directory_references(conn, directory)
+    if errors:
+        names = ", ".join(e.where for e in errors[:20])
+        more = ", …" if len(errors) > 20 else ""
+        raise reject(
+            f"{len(errors)} directory entries are not valid ({names}{more}); nothing was written.",
+            errors,
+        )
+
+    levels, topics, groups, users = (
+        directory.levels,
+        directory.topics,
+        directory.groups,
+        directory.users,
+    )
+    pairs = [(u.id, g) for u in users for g in dict.fromkeys(u.group_ids)]
+    await conn.execute(
+        _UPSERT_LEVELS,
+        ([x.id for x in levels], [x.name for x in levels], [x.position for x in levels]),
+    )
+    await conn.execute(
+        _UPSERT_TOPICS,
+        ([x.id for x in topics], [x.name for x in topics], [x.level_id for x in topics]),
+    )
+    await conn.execute(_UPSERT_GROUPS, ([x.id for x in groups], [x.name for x in groups]))
+    await conn.execute(_UPSERT_USERS, ([x.id for x in users], [x.display_name for x in users]))
+    await conn.execute(
+        _REPLACE_MEMBERSHIPS,
+        {
+            "pair_users": [user_id for user_id, _ in pairs],
+            "pair_groups": [group_id for _, group_id in pairs],
+            "users": [x.id for x in users],
+        },
+    )
+    return DirectoryCounts(
+        groups=len(groups),
+        users=len(users),
+        levels=len(levels),
+        topics=len(topics),
+        memberships=len(pairs),
+    )
+
+
+def _repeated_ids(directory: DirectoryUpsert) -> list[FieldError]:
+    """An id given twice in one list is ambiguous (which name wins?): name every repeat."""
+    ids_by_kind = {
+        "groups": [x.id for x in directory.groups],
+        "users": [x.id for x in directory.users],
+        "levels": [x.id for x in directory.levels],
+        "topics": [x.id for x in directory.topics],
+    }
+    errors: list[FieldError] = []
+    for kind, ids in ids_by_kind.items():
+        first: dict[str, int] = {}
+        for index, item_id in enumerate(ids):
+            if item_id in first:
+                msg = f"id {item_id!r} repeats {kind}[{first[item_id]}]"
+                errors.append(FieldError((kind, index, "id"), msg, "duplicate_id"))
+            else:
+                first[item_id] = index
+    return errors
+
+
+async def _unknown_directory_references(
+    conn: psycopg.AsyncConnection, directory: DirectoryUpsert
+) -> list[FieldError]:
+    """Topics' levels and users' groups that are neither in the body nor in the database."""
+    body_levels = {x.id for x in directory.levels}
+    body_groups = {x.id for x in directory.groups}
+    wanted_levels = {x.level_id for x in directory.topics} - body_levels
+    wanted_groups = {g for u in directory.users for g in u.group_ids} - body_groups
+    known_levels = await _existing_ids(conn, "levels", wanted_levels)
+    known_groups = await _existing_ids(conn, "groups", wanted_groups)
+    unknown_levels, unknown_groups = wanted_levels - known_levels, wanted_groups - known_groups
+
+    errors = [
+        FieldError(
+            ("topics", i, "level_id"), f"unknown level id {t.level_id!r}", "unknown_reference"
+        )
+        for i, t in enumerate(directory.topics)
+        if t.level_id in unknown_levels
+    ]
+    errors += [
+        FieldError(("users", i, "group_ids", j), f"unknown group id {g!r}", "unknown_reference")
+        for i, u in enumerate(directory.users)
+        for j, g in enumerate(u.group_ids)
+        if g in unknown_groups
+    ]
+    return errors
+
+
+async def _existing_ids(conn: psycopg.AsyncConnection, table: str, ids: set[str]) -> set[str]:
+    if not ids:
+        return set()
+    query = sql.SQL("SELECT id FROM {} WHERE id = ANY (%s::text[])").format(sql.Identifier(table))
+    rows = await (await conn.execute(query, (list(ids),))).fetchall()
+    return {row[0] for row in rows}
+
+
+# --- attempts --------------------------------------------------------------------------------
+
+
+async def ingest_attempts(db: Database, attempts: Sequence[AttemptCreate]) -> AttemptsIngested:
+    """Write a batch in one transaction, then count it; 422 (nothing written) on unknown ids."""
+    async with db.scoped(SYSTEM) as conn:
+        result = await write_attempts(conn, attempts)
+    # Counted only once committed: a rolled-back batch ingested nothing.
+    metrics.attempts_ingested_total.labels(outcome="inserted").inc(result.inserted)
+    metrics.attempts_ingested_total.labels(outcome="duplicate").inc(result.duplicates)
+    log.info(
+        "attempts ingested",
+        extra={"inserted": result.inserted, "duplicates": result.duplicates},
+    )
+    return result
+
+
+async def write_attempts(
+    conn: psycopg.AsyncConnection, attempts: Sequence[AttemptCreate]
+) -> AttemptsIngested:
+    """Inside the caller's transaction: stage, check references, insert the new ones, NOTIFY."""
+    await copy.stage(conn, enumerate(attempts))
+    total, unknown = await copy.unknown_references(conn, limit=MAX_LISTED_ERRORS)
+    if total:
+        errors = [
+            FieldError(("attempts", u.position, field), msg, "unknown_reference")
+            for u in unknown
+            for field, msg in u.problems()
+        ]
+        positions = [u.position for u in unknown]
+        raise reject(
+            bad_entries_detail("attempts", total, positions, what="reference unknown ids"), errors
+        )
+    inserted = await copy.insert_staged(conn)
+    await copy.notify_ingested(conn, inserted.group_ids)
+    return AttemptsIngested(
+        inserted=inserted.count,
+        duplicates=len(attempts) - inserted.count,
+        group_ids=inserted.group_ids,
+    )
