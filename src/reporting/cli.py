@@ -88,7 +88,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_seed(args: argparse.Namespace) -> int:
     from reporting.db.engine import connect
-    from reporting.ingest.seed import SeedSpec, seed
+    from reporting.ingest.seed import SeedError, SeedSpec, seed
 
     settings = _settings(require_jwt=False)
     url = _migrated_url(settings)
@@ -101,8 +101,12 @@ def cmd_seed(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     started = time.perf_counter()
-    with connect(url) as conn:
-        result = seed(conn, spec)
+    try:
+        with connect(url) as conn:
+            result = seed(conn, spec)
+    except SeedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - started
     rate = result.attempts / elapsed if elapsed > 0 else 0.0
     print(
