@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reporting import metrics
+from reporting.errors import PROBLEM_JSON, ReportingError
 from reporting.settings import LogSettings
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -37,22 +38,27 @@ class ObservabilityMiddleware:
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         token = request_id_var.set(request_id)
         status = 500
+        responded = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except BaseException:
-            # The id stays set: the server logs the traceback next, in this request's own task.
-            self._count(scope, status, started)
+        except Exception:
+            # Answer the 500 here, as problem+json carrying the request id (the server's own
+            # answer would have neither), and leave the id set: the server logs the traceback
+            # next, in this request's own task.
+            if not responded:
+                await _internal_error(send_wrapper)
             raise
-        self._count(scope, status, started)
+        finally:
+            self._count(scope, status, started)
         request_id_var.reset(token)
 
     @staticmethod
@@ -60,6 +66,15 @@ class ObservabilityMiddleware:
         labels = (scope["method"], _route_template(scope), str(status))
         metrics.http_request_duration_seconds.labels(*labels).observe(time.perf_counter() - started)
         metrics.http_requests_total.labels(*labels).inc()
+
+
+async def _internal_error(send: Send) -> None:
+    body = json.dumps(
+        ReportingError("The server failed to answer this request.").problem()
+    ).encode()
+    headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 500, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class JsonFormatter(logging.Formatter):

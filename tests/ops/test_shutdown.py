@@ -1,0 +1,92 @@
+"""SIGTERM stops every process gracefully: exit 0, promptly, the embedded PostgreSQL released.
+
+The three long-running processes share one embedded server (no DATABASE_URL), as they do on a
+developer's machine. Each must drop its pid from the server's handle file when it exits, and the
+last one out must stop the server: a process that dies without detaching leaves a postmaster
+running that nothing ever stops.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.ops import processes
+from tests.ops.processes import ServiceProcess
+
+pytestmark = pytest.mark.slow
+
+PROMPTLY_SECS = 5
+
+
+def _handle_pids(data_dir: Path) -> list[int]:
+    path = data_dir / "pg" / ".handle_pids.json"
+    return [int(pid) for pid in json.loads(path.read_text() or "[]")]
+
+
+def _postmaster_running(data_dir: Path) -> bool:
+    return (data_dir / "pg" / "postmaster.pid").exists()
+
+
+def _assert_json_logs(service: ServiceProcess) -> None:
+    records = service.log_records()
+    assert records, f"{service.name} logged nothing"
+    for record in records:
+        assert {"ts", "level", "logger", "msg"} <= set(record), record
+
+
+def test_sigterm_stops_each_process_and_releases_the_embedded_server(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = processes.service_env(database_url=None, data_dir=data_dir)
+    started: list[ServiceProcess] = []
+    try:
+        started.append(processes.start_api(env, tmp_path))
+        started.append(processes.start_reporting_worker(env, tmp_path))
+        started.append(processes.start_export_worker(env, tmp_path))
+        assert set(_handle_pids(data_dir)) == {s.pid for s in started}
+        assert _postmaster_running(data_dir)
+
+        for index, service in enumerate(started):
+            begun = time.monotonic()
+            code = service.terminate(timeout=15)
+            elapsed = time.monotonic() - begun
+            assert code == 0, f"{service.name} exited {code} on SIGTERM:\n{service.tail()}"
+            assert elapsed < PROMPTLY_SECS, f"{service.name} took {elapsed:.1f} s to stop"
+            remaining = {s.pid for s in started[index + 1 :]}
+            assert set(_handle_pids(data_dir)) == remaining, f"{service.name} kept its handle"
+            _assert_json_logs(service)
+
+        assert _handle_pids(data_dir) == []
+        deadline = time.monotonic() + 10
+        while _postmaster_running(data_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _postmaster_running(data_dir), "the last process out left PostgreSQL running"
+    finally:
+        for service in started:
+            service.kill()
+        from reporting.db import embedded
+
+        embedded.stop_server(data_dir)  # whatever happened above, no server is left behind
+
+
+def test_sigkill_leaves_a_handle_the_next_process_prunes(tmp_path: Path) -> None:
+    """A crash cannot detach; the next process to start drops the dead pid, so a later normal
+    exit still stops the server."""
+    data_dir = tmp_path / "data"
+    env = processes.service_env(database_url=None, data_dir=data_dir)
+    crashed = processes.start_export_worker(env, tmp_path, name="crashed")
+    try:
+        crashed.kill()
+        assert crashed.pid in _handle_pids(data_dir)
+        survivor = processes.start_export_worker(env, tmp_path, name="survivor")
+        assert _handle_pids(data_dir) == [survivor.pid]
+        assert survivor.terminate() == 0
+        deadline = time.monotonic() + 10
+        while _postmaster_running(data_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _postmaster_running(data_dir)
+    finally:
+        from reporting.db import embedded
+
+        embedded.stop_server(data_dir)
