@@ -3,8 +3,9 @@ worker) over the local file store or a real S3 endpoint (moto), and helpers to d
 through the API."""
 
 import asyncio
+import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -197,29 +198,52 @@ def deployment_settings(
     )
 
 
+DeploymentFactory = Callable[..., contextlib.AbstractAsyncContextManager[Deployment]]
+
+
 @pytest.fixture
-async def deployment(
+def make_deployment(
     school_url: str,
-    backend: str,
     tmp_path: Path,
     s3_server: S3Server,  # noqa: F811
     make_token: TokenFactory,
-) -> AsyncIterator[Deployment]:
-    bucket = s3_server.create_bucket() if backend == "s3" else None
-    settings = deployment_settings(
-        school_url, storage_for(backend, tmp_path, s3_server, bucket or "")
-    )
-    async with api_client(settings, school_url) as client:
-        yield Deployment(
-            url=school_url,
-            settings=settings,
-            store=build_store(settings),
-            api=client,
-            tokens=make_token,
-            backend=backend,
-            s3=s3_server if backend == "s3" else None,
-            bucket=bucket,
+) -> DeploymentFactory:
+    """make_deployment(backend, storage=..., exports=..., notify=...) -> async context manager."""
+
+    @contextlib.asynccontextmanager
+    async def factory(
+        backend: str = "local",
+        *,
+        storage: StorageSettings | None = None,
+        exports: ExportSettings | None = None,
+        notify: NotifySettings | None = None,
+    ) -> AsyncIterator[Deployment]:
+        bucket = s3_server.create_bucket() if backend == "s3" and storage is None else None
+        settings = deployment_settings(
+            school_url,
+            storage or storage_for(backend, tmp_path, s3_server, bucket or ""),
+            exports=exports,
+            notify=notify,
         )
+        async with api_client(settings, school_url) as client:
+            yield Deployment(
+                url=school_url,
+                settings=settings,
+                store=build_store(settings),
+                api=client,
+                tokens=make_token,
+                backend=backend,
+                s3=s3_server if bucket else None,
+                bucket=bucket,
+            )
+
+    return factory
+
+
+@pytest.fixture
+async def deployment(make_deployment: DeploymentFactory, backend: str) -> AsyncIterator[Deployment]:
+    async with make_deployment(backend) as built:
+        yield built
 
 
 def rows_of(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:

@@ -144,8 +144,7 @@ def expected_kpis(chosen: list[Attempt]) -> ExpectedKpis:
         total_attempts=n,
         total_users=len(per_user),
         avg_accuracy=(
-            sum(sum(a.is_correct for a in xs) / len(xs) for xs in per_user.values())
-            / len(per_user)
+            sum(sum(a.is_correct for a in xs) / len(xs) for xs in per_user.values()) / len(per_user)
             if per_user
             else 0.0
         ),

@@ -144,7 +144,9 @@ async def test_formula_text_is_inert_and_negative_scores_stay_numbers(
     assert '"Петров, ""Пётр"""'.encode() in raw
 
 
-async def test_the_other_groups_attempts_never_appear(deployment: Deployment, school: School) -> None:
+async def test_the_other_groups_attempts_never_appear(
+    deployment: Deployment, school: School
+) -> None:
     raw, _ = await _csv(deployment, {"period": {"from": "2026-01-01", "to": "2026-12-31"}})
     text = raw.decode("utf-8-sig")
     assert "u-other" not in text and "7Б" not in text

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from reporting.exports.render.cells import FORMULA_START
 from reporting.exports.schemas import ExportFilters
 
 _FETCH_ROWS = 2000
@@ -152,10 +153,21 @@ def _base(group_id: str, filters: ExportFilters) -> tuple[sql.Composed, dict[str
     return query, params
 
 
+_TABLE_FROM = """
+        FROM base b
+        JOIN users u ON u.key = b.user_key
+        JOIN topics t ON t.key = b.topic_key
+        JOIN levels l ON l.key = t.level_key
+        CROSS JOIN (SELECT id, name FROM groups WHERE id = %(group_id)s) g
+        ORDER BY u.display_name COLLATE "C", u.id, t.id
+"""
+
+
 def iter_rows(
     conn: psycopg.Connection, group_id: str, filters: ExportFilters
 ) -> Iterator[ExportRow]:
-    """The CSV table, ordered by display_name, user_id, topic_id; streamed."""
+    """The table with typed values (for XLSX), ordered by display_name, user_id, topic_id;
+    streamed through a server-side cursor."""
     base, params = _base(group_id, filters)
     query = base + sql.SQL(
         """
@@ -163,19 +175,61 @@ def iter_rows(
                b.attempts, b.correct, round(b.correct::numeric / b.attempts, 4),
                b.score, b.hints_used, round(b.time_ms::numeric / b.attempts / 1000, 3),
                b.first_at, b.last_at
-        FROM base b
-        JOIN users u ON u.key = b.user_key
-        JOIN topics t ON t.key = b.topic_key
-        JOIN levels l ON l.key = t.level_key
-        CROSS JOIN (SELECT id, name FROM groups WHERE id = %(group_id)s) g
-        ORDER BY u.display_name COLLATE "C", u.id, t.id
         """
+        + _TABLE_FROM
     )
     with conn.cursor(name="export_rows") as cur:
         cur.itersize = _FETCH_ROWS
         cur.execute(query, params)
         for row in cur:
             yield ExportRow(*row)
+
+
+def _inert(column: str) -> sql.Composable:
+    """SQL for a text cell neutralised against formula injection (the rule of render/cells.py)."""
+    starts = sql.SQL(", ").join(sql.Literal(ch) for ch in FORMULA_START)
+    return sql.SQL(
+        "CASE WHEN left({name}, 1) IN ({starts}) THEN {quote} || {name} ELSE {name} END"
+    ).format(name=sql.SQL(column), starts=starts, quote=sql.Literal("'"))
+
+
+def _utc_text(column: str) -> sql.Composable:
+    """SQL for ISO 8601 UTC text: 2026-09-01T10:00:00Z, microseconds only when there are some."""
+    return sql.SQL(
+        "to_char({name} AT TIME ZONE 'UTC', {seconds})"
+        " || CASE WHEN date_trunc('second', {name}) = {name} THEN ''"
+        " ELSE to_char({name} AT TIME ZONE 'UTC', '.US') END || 'Z'"
+    ).format(name=sql.SQL(column), seconds=sql.Literal('YYYY-MM-DD"T"HH24:MI:SS'))
+
+
+_TEXT_COLUMNS = ("g.id", "g.name", "u.id", "u.display_name", "t.id", "t.name", "l.id")
+
+
+def iter_csv_records(
+    conn: psycopg.Connection, group_id: str, filters: ExportFilters
+) -> Iterator[list[tuple[str, ...]]]:
+    """The same table as CSV cells, in batches. PostgreSQL formats every cell (text
+    neutralised, `.` decimals, score to at most 4 places, accuracy with exactly 4 and
+    avg_time_seconds with exactly 3, ISO UTC times), so Python only writes them out."""
+    base, params = _base(group_id, filters)
+    cells = sql.SQL(", ").join(
+        [
+            *(_inert(column) for column in _TEXT_COLUMNS),
+            sql.SQL("b.attempts::text"),
+            sql.SQL("b.correct::text"),
+            sql.SQL("round(b.correct::numeric / b.attempts, 4)::text"),
+            sql.SQL("trim_scale(round(b.score::numeric, 4))::text"),
+            sql.SQL("b.hints_used::text"),
+            sql.SQL("round(b.time_ms::numeric / b.attempts / 1000, 3)::text"),
+            _utc_text("b.first_at"),
+            _utc_text("b.last_at"),
+        ]
+    )
+    query = base + sql.SQL("SELECT ") + cells + sql.SQL(_TABLE_FROM)
+    with conn.cursor(name="export_csv") as cur:
+        cur.execute(query, params)
+        while batch := cur.fetchmany(_FETCH_ROWS):
+            yield batch
 
 
 def _kpis(row: tuple[Any, ...]) -> Kpis:

@@ -100,7 +100,7 @@ def _render(conn: psycopg.Connection, job: ClaimedExport, path: Path) -> str:
     generated_at = datetime.now(UTC)
     texts = texts_for(job.locale)
     if job.format == "csv":
-        render_csv(content.iter_rows(conn, job.group_id, job.filters), path)
+        render_csv(content.iter_csv_records(conn, job.group_id, job.filters), path)
     elif job.format == "xlsx":
         render_xlsx(
             content.iter_rows(conn, job.group_id, job.filters),

@@ -232,7 +232,7 @@ def render_pdf(
                 texts.attempts,
                 texts.accuracy,
                 texts.score,
-                texts.hint_usage_rate,
+                texts.with_hints,
                 texts.avg_time,
             ]
         ]
@@ -249,7 +249,7 @@ def render_pdf(
             ]
             for t in topics
         ]
-        mm_widths = [52, 20, 16, 17, 17, 17, 22, 17]
+        mm_widths = [50, 18, 19, 17, 17, 16, 23, 18]
         topic_rows[0] = [para(f"<b>{escape(h)}</b>", "cell") for h in topic_rows[0]]
         story.append(_table(topic_rows, [w * mm for w in mm_widths], text_columns=2))
 
@@ -282,7 +282,7 @@ def render_pdf(
             ]
             for s in students
         ]
-        mm_widths = [52, 16, 16, 17, 18, 16, 16, 27]
+        mm_widths = [50, 17, 16, 17, 17, 19, 15, 27]
         story.append(_table(student_rows, [w * mm for w in mm_widths], text_columns=1))
 
     doc.build(story, canvasmaker=_numbered_canvas(texts.page))

@@ -24,6 +24,7 @@ class Texts:
     avg_accuracy: str
     avg_score: str
     hint_usage_rate: str
+    with_hints: str
     avg_hints: str
     avg_time_seconds: str
     by_topic: str
@@ -84,6 +85,7 @@ RU = Texts(
     avg_accuracy="Средняя точность",
     avg_score="Средний балл ученика",
     hint_usage_rate="Доля попыток с подсказками",
+    with_hints="С подсказками",
     avg_hints="Подсказок на попытку",
     avg_time_seconds="Среднее время попытки, с",
     by_topic="По темам",
@@ -126,6 +128,7 @@ EN = Texts(
     avg_accuracy="Average accuracy",
     avg_score="Average score per student",
     hint_usage_rate="Attempts with hints",
+    with_hints="With hints",
     avg_hints="Hints per attempt",
     avg_time_seconds="Average time per attempt, s",
     by_topic="By topic",

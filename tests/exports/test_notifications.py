@@ -1,0 +1,93 @@
+"""Notices of ready/failed exports through real servers: SMTP (aiosmtpd), a webhook receiver,
+and channels that are down, which must never fail an export."""
+
+import asyncio
+import hashlib
+import hmac
+import re
+from typing import Any
+
+from reporting.exports import worker
+from reporting.settings import ExportSettings, NotifySettings, StorageSettings
+from tests.exports.conftest import GROUP, GROUP_NAME, SEPTEMBER, DeploymentFactory, School, rows_of
+from tests.servers import HttpCapture, SmtpServer, free_port
+
+BODY: dict[str, Any] = {"topic_ids": [], "period": SEPTEMBER, "format": "pdf"}
+SECRET = "webhook-secret-" + "s" * 16
+
+
+async def test_the_ready_email_carries_a_link_that_downloads_the_file(
+    make_deployment: DeploymentFactory, school: School, smtp_server: SmtpServer
+) -> None:
+    notify = NotifySettings(REPORTING_SMTP_HOST="127.0.0.1", REPORTING_SMTP_PORT=smtp_server.port)
+    # The worker has no request to take a base URL from: links use REPORTING_PUBLIC_URL.
+    public = ExportSettings(REPORTING_PUBLIC_URL="http://testserver")
+    async with make_deployment(notify=notify, exports=public) as deployment:
+        teacher = deployment.teacher(email="teacher@school.example")
+        export = await deployment.produce(teacher, BODY)
+        await asyncio.to_thread(worker.deliver_notifications, deployment.url, deployment.settings)
+        mail = smtp_server.wait_for(1)[0]
+        assert mail.rcpt_tos == ["teacher@school.example"]
+        assert GROUP_NAME in mail.subject or GROUP in mail.subject
+        links = re.findall(r"http://testserver/files/\S+", mail.text())
+        assert links, mail.text()
+        via_mail = await deployment.download(links[0])
+        via_api = await deployment.download(export["download_url"])
+        assert via_mail.status_code == 200
+        assert via_mail.content == via_api.content and via_mail.content.startswith(b"%PDF")
+
+
+async def test_the_webhook_is_signed_and_a_failed_export_is_announced_too(
+    make_deployment: DeploymentFactory, school: School, http_capture: HttpCapture
+) -> None:
+    notify = NotifySettings(
+        REPORTING_WEBHOOK_URL=http_capture.url("/hook"), REPORTING_WEBHOOK_SECRET=SECRET
+    )
+    down = StorageSettings(
+        OBJECT_STORAGE_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        OBJECT_STORAGE_BUCKET="nowhere",
+        OBJECT_STORAGE_ACCESS_KEY="k",
+        OBJECT_STORAGE_SECRET_KEY="s",
+    )
+    async with make_deployment("s3", storage=down, notify=notify) as deployment:
+        response = await deployment.request(deployment.teacher(), BODY)
+        await asyncio.to_thread(deployment.run_worker)
+        await asyncio.to_thread(worker.deliver_notifications, deployment.url, deployment.settings)
+    request = http_capture.wait_for(1)[0]
+    assert request.method == "POST" and request.path == "/hook"
+    expected = hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+    assert request.headers["x-reporting-signature"] == f"sha256={expected}"
+    event = request.json()
+    assert event["event"] == "export.failed"
+    assert event["export_id"] == response.json()["id"]
+    assert event["status"] == "failed" and event["download_url"] is None
+    assert event["error"].startswith("storage unreachable")
+    assert event["request_id"] == response.headers["x-request-id"]
+
+
+async def test_channels_that_are_down_never_fail_the_export(
+    make_deployment: DeploymentFactory, school: School
+) -> None:
+    notify = NotifySettings(
+        REPORTING_SMTP_HOST="127.0.0.1",
+        REPORTING_SMTP_PORT=free_port(),
+        REPORTING_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/hook",
+        REPORTING_WEBHOOK_SECRET=SECRET,
+        REPORTING_NOTIFY_TIMEOUT_SECS=2,
+    )
+    async with make_deployment(notify=notify) as deployment:
+        teacher = deployment.teacher(email="teacher@school.example")
+        export = await deployment.produce(teacher, BODY)
+        assert export["status"] == "ready"
+        await asyncio.to_thread(worker.deliver_notifications, deployment.url, deployment.settings)
+        again = await deployment.api.get(f"/stats/exports/{export['id']}", headers=teacher)
+    assert again.json()["status"] == "ready"
+    outbox = rows_of(
+        deployment.url,
+        "SELECT channel, attempts, delivered_at, last_error FROM notification_outbox"
+        " WHERE export_id = %s ORDER BY channel",
+        export["id"],
+    )
+    assert [row[0] for row in outbox] == ["email", "webhook"]
+    for _, attempts, delivered_at, last_error in outbox:
+        assert attempts == 1 and delivered_at is None and last_error  # kept for a retry

@@ -1,0 +1,159 @@
+"""The export routes: status codes, headers, validation (nothing created), who sees what."""
+
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.exports.conftest import GROUP, OTHER_GROUP, SEPTEMBER, Deployment, School, rows_of
+
+pytestmark = pytest.mark.parametrize("backend", ["local"], indirect=True)
+
+VALID: dict[str, Any] = {"topic_ids": ["t-frac"], "period": SEPTEMBER, "format": "csv"}
+
+
+def _count(deployment: Deployment) -> int:
+    return int(rows_of(deployment.url, "SELECT count(*) FROM report_exports")[0][0])
+
+
+async def test_a_request_is_accepted_with_location_and_rate_limit_headers(
+    deployment: Deployment, school: School
+) -> None:
+    headers = deployment.teacher()
+    response = await deployment.request(headers, {**VALID, "locale": "en"})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "pending"
+    assert response.headers["location"] == f"/stats/exports/{body['id']}"
+    assert response.headers["ratelimit-limit"] == "5"
+    assert response.headers["ratelimit-remaining"] == "4"
+    assert 3590 <= int(response.headers["ratelimit-reset"]) <= 3600
+    assert body["group_id"] == GROUP and body["format"] == "csv" and body["locale"] == "en"
+    assert body["filters"] == {"topic_ids": ["t-frac"], "period": SEPTEMBER}
+    assert body["download_url"] is None and body["url_expires_at"] is None
+
+    got = await deployment.api.get(response.headers["location"], headers=headers)
+    assert got.status_code == 200
+    assert got.json()["id"] == body["id"] and got.json()["status"] == "pending"
+    assert got.headers["ratelimit-remaining"] == "4"
+    # The requester's scope, request id and locale are stored for the worker.
+    stored = rows_of(
+        deployment.url,
+        "SELECT requester_scope, request_id, locale FROM report_exports WHERE id = %s",
+        body["id"],
+    )[0]
+    assert stored[0]["role"] == "teacher" and stored[0]["group_ids"] == [GROUP]
+    assert stored[1] == response.headers["x-request-id"]
+    assert stored[2] == "en"
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"period": {"from": "2026-09-02", "to": "2026-09-01"}}, ["period"]),
+        (
+            {"period": {"from": "2026-09-01T10:00:00Z", "to": "2026-09-01T09:59:59Z"}},
+            ["period"],
+        ),
+        ({"format": "docx"}, ["format"]),
+        ({"topic_ids": ["t-frac", "t-nope"]}, ["topic_ids", 1]),
+        ({"topic_ids": [f"t-{i}" for i in range(1001)]}, ["topic_ids"]),
+        ({"period": {"from": "2026-02-30", "to": "2026-09-01"}}, ["period", "from"]),
+        ({"period": {"from": "yesterday", "to": "2026-09-01"}}, ["period", "from"]),
+        ({"period": {"from": 20260901, "to": "2026-09-01"}}, ["period", "from"]),
+        ({"period": {"from": "2026-09-01"}}, ["period", "to"]),
+        ({"period": None}, ["period"]),
+        ({"locale": "de"}, ["locale"]),
+        ({"notify": {"email": "not-an-address"}}, ["notify", "email"]),
+        ({"colour": "red"}, ["colour"]),
+    ],
+)
+async def test_a_bad_body_is_422_naming_the_field_and_creates_nothing(
+    deployment: Deployment, school: School, change: dict[str, Any], where: list[Any]
+) -> None:
+    headers = deployment.teacher()
+    response = await deployment.request(headers, {**VALID, **change})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == 422
+    assert any(error["loc"][: len(where)] == where for error in problem["errors"]), problem
+    assert _count(deployment) == 0
+    # A refused request costs no quota.
+    accepted = await deployment.request(headers, VALID)
+    assert accepted.headers["ratelimit-remaining"] == "4"
+
+
+async def test_who_may_request_an_export_of_which_group(
+    deployment: Deployment, school: School
+) -> None:
+    teacher = deployment.teacher([GROUP])
+    foreign = await deployment.request(teacher, VALID, OTHER_GROUP)
+    unknown = await deployment.request(teacher, VALID, "g-nope")
+    assert foreign.status_code == unknown.status_code == 403
+    assert foreign.json() == unknown.json()  # no existence leak
+    # Refused before the body is even looked at.
+    assert (await deployment.request(teacher, {"format": "?"}, OTHER_GROUP)).status_code == 403
+    service = {"Authorization": f"Bearer {deployment.tokens('service')}"}
+    assert (await deployment.request(service, VALID)).status_code == 403
+    assert (await deployment.request({}, VALID)).status_code == 401
+    admin = deployment.admin()
+    assert (await deployment.request(admin, VALID, "g-nope")).status_code == 404
+    assert (await deployment.request(admin, VALID, OTHER_GROUP)).status_code == 202
+    assert _count(deployment) == 1
+
+
+async def test_an_export_is_visible_to_its_requester_and_admins_only(
+    deployment: Deployment, school: School
+) -> None:
+    owner = deployment.teacher([GROUP])
+    colleague = deployment.teacher([GROUP])  # same group, another sub
+    export = await deployment.produce(owner, VALID)
+    assert export["status"] == "ready" and export["download_url"]
+    location = f"/stats/exports/{export['id']}"
+
+    refused = await deployment.api.get(location, headers=colleague)
+    unknown = await deployment.api.get(f"/stats/exports/{uuid.uuid4()}", headers=colleague)
+    garbage = await deployment.api.get("/stats/exports/not-a-uuid", headers=colleague)
+    assert refused.status_code == unknown.status_code == garbage.status_code == 403
+    assert refused.json() == unknown.json()
+    listed = await deployment.api.get("/stats/exports", headers=colleague)
+    assert listed.status_code == 200 and listed.json()["items"] == []
+
+    admin = deployment.admin()
+    seen = await deployment.api.get(location, headers=admin)
+    assert seen.status_code == 200 and seen.json()["download_url"]
+    assert (
+        await deployment.api.get(f"/stats/exports/{uuid.uuid4()}", headers=admin)
+    ).status_code == 404
+    service = {"Authorization": f"Bearer {deployment.tokens('service')}"}
+    assert (await deployment.api.get(location, headers=service)).status_code == 403
+
+
+async def test_the_list_is_newest_first_and_pages_with_a_cursor(
+    deployment: Deployment, school: School
+) -> None:
+    teacher = deployment.teacher([GROUP, OTHER_GROUP])
+    ids = []
+    for group_id in (GROUP, OTHER_GROUP, GROUP, OTHER_GROUP):
+        response = await deployment.request(teacher, VALID, group_id)
+        assert response.status_code == 202
+        ids.append(response.json()["id"])
+    other = await deployment.request(deployment.teacher(), VALID)
+    assert other.status_code == 202
+
+    first = await deployment.api.get("/stats/exports?limit=3", headers=teacher)
+    assert first.status_code == 200
+    assert first.headers["ratelimit-remaining"] == "1"
+    page = first.json()
+    assert [item["id"] for item in page["items"]] == ids[::-1][:3]
+    second = await deployment.api.get(
+        "/stats/exports", params={"limit": 3, "cursor": page["next_cursor"]}, headers=teacher
+    )
+    assert [item["id"] for item in second.json()["items"]] == ids[:1]
+    assert second.json()["next_cursor"] is None
+
+    everyone = await deployment.api.get("/stats/exports?limit=100", headers=deployment.admin())
+    assert {item["id"] for item in everyone.json()["items"]} == {*ids, other.json()["id"]}
+    bad = await deployment.api.get("/stats/exports?cursor=xyz", headers=teacher)
+    assert bad.status_code == 422

@@ -1,0 +1,175 @@
+"""The export worker in-process: leases and fencing, retries, failures, expiry, RLS, metrics."""
+
+import asyncio
+import json
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client import REGISTRY
+
+from reporting.db.engine import connect
+from reporting.exports import queries, worker
+from reporting.settings import ExportSettings, StorageSettings
+from tests.exports.conftest import (
+    GROUP,
+    OTHER_GROUP,
+    SEPTEMBER,
+    Deployment,
+    DeploymentFactory,
+    School,
+    rows_of,
+)
+from tests.servers import free_port
+
+BODY: dict[str, Any] = {"topic_ids": [], "period": SEPTEMBER, "format": "csv"}
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _status(url: str, export_id: str) -> tuple[Any, ...]:
+    return rows_of(
+        url,
+        "SELECT status, error, attempts, storage_key, lease_expires_at FROM report_exports"
+        " WHERE id = %s",
+        export_id,
+    )[0]
+
+
+async def test_a_ready_export_is_counted_and_timed(deployment: Deployment, school: School) -> None:
+    generated = _sample("exports_generated_total", format="xlsx")
+    timed = _sample("export_duration_seconds_count", format="xlsx")
+    requested = _sample("exports_requested_total", format="xlsx")
+    export = await deployment.produce(deployment.teacher(), {**BODY, "format": "xlsx"})
+    assert export["status"] == "ready"
+    assert export["started_at"] and export["finished_at"] and export["expires_at"]
+    assert _sample("exports_generated_total", format="xlsx") == generated + 1
+    assert _sample("export_duration_seconds_count", format="xlsx") == timed + 1
+    assert _sample("exports_requested_total", format="xlsx") == requested + 1
+    status, error, attempts, key, lease = _status(deployment.url, export["id"])
+    assert (status, error, attempts, lease) == ("ready", None, 1, None)
+    assert key.endswith(f"exports/{GROUP}/{export['id']}.xlsx")
+
+
+async def test_a_worker_that_lost_its_lease_cannot_finish_the_export_twice(
+    deployment: Deployment, school: School
+) -> None:
+    response = await deployment.request(deployment.teacher(), BODY)
+    export_id = response.json()["id"]
+    settings = deployment.settings
+    with connect(deployment.url, autocommit=True) as conn:
+        stale = queries.claim_next_export(conn, lease_seconds=60)
+        assert stale is not None and stale.attempt == 1
+        # The first worker stalls past its lease; a second one takes the export over.
+        conn.execute(
+            "UPDATE report_exports SET lease_expires_at = now() - interval '1 second'"
+            " WHERE id = %s",
+            (export_id,),
+        )
+        result = await asyncio.to_thread(deployment.run_worker)
+        assert (result.ready, result.failed) == (1, 0)
+        # The stale worker wakes up and finishes: its writes are fenced off.
+        outcome = worker.produce(conn, deployment.url, settings, deployment.store, stale)
+    assert outcome.status == "lost"
+    status, _, attempts, key, _ = _status(deployment.url, export_id)
+    assert (status, attempts) == ("ready", 2)
+    assert deployment.objects() == [key]  # the same deterministic key: one object
+
+
+async def test_storage_unreachable_fails_the_export_with_a_clear_error(
+    make_deployment: DeploymentFactory, school: School
+) -> None:
+    down = StorageSettings(
+        OBJECT_STORAGE_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        OBJECT_STORAGE_BUCKET="nowhere",
+        OBJECT_STORAGE_ACCESS_KEY="k",
+        OBJECT_STORAGE_SECRET_KEY="s",
+    )
+    failed_before = _sample("exports_failed_total", format="csv")
+    async with make_deployment("s3", storage=down) as deployment:
+        teacher = deployment.teacher()
+        response = await deployment.request(teacher, BODY)
+        result = await asyncio.to_thread(deployment.run_worker)
+        assert (result.ready, result.failed, result.ok) == (0, 1, False)
+        got = await deployment.api.get(response.headers["location"], headers=teacher)
+    export = got.json()
+    assert export["status"] == "failed" and export["download_url"] is None
+    assert export["error"].startswith("storage unreachable: cannot upload s3://nowhere/")
+    assert rows_of(
+        deployment.url, "SELECT count(*) FROM report_exports WHERE status = 'processing'"
+    ) == [(0,)]
+    assert _sample("exports_failed_total", format="csv") == failed_before + 1
+
+
+async def test_an_export_whose_workers_keep_dying_fails_after_max_attempts(
+    make_deployment: DeploymentFactory, school: School
+) -> None:
+    async with make_deployment(
+        exports=ExportSettings(REPORTING_EXPORT_MAX_ATTEMPTS=2)
+    ) as deployment:
+        response = await deployment.request(deployment.teacher(), BODY)
+        export_id = response.json()["id"]
+        # Two workers claimed it and died (their leases ran out).
+        with psycopg.connect(deployment.url) as conn:
+            conn.execute(
+                "UPDATE report_exports SET status = 'processing', attempts = 2,"
+                " lease_expires_at = now() - interval '1 second' WHERE id = %s",
+                (export_id,),
+            )
+        result = await asyncio.to_thread(deployment.run_worker)
+    assert result.failed == 1
+    status, error, attempts, _, _ = _status(deployment.url, export_id)
+    assert (status, attempts) == ("failed", 3)
+    assert error.startswith("gave up after 2 attempts")
+    assert deployment.objects() == []
+
+
+async def test_the_worker_reads_with_the_requesters_stored_scope(
+    deployment: Deployment, school: School
+) -> None:
+    response = await deployment.request(deployment.teacher(), BODY)
+    export_id = response.json()["id"]
+    # Were the stored scope to lose the group, row-level security hides it from the worker.
+    with psycopg.connect(deployment.url) as conn:
+        conn.execute(
+            "UPDATE report_exports SET requester_scope = %s WHERE id = %s",
+            (json.dumps({"role": "teacher", "sub": "x", "group_ids": [OTHER_GROUP]}), export_id),
+        )
+    result = await asyncio.to_thread(deployment.run_worker)
+    assert result.failed == 1
+    status, error, *_ = _status(deployment.url, export_id)
+    assert status == "failed"
+    assert (
+        error == f"cannot export: the group '{GROUP}' is unknown or outside the requester's scope"
+    )
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"], indirect=True)
+async def test_an_expired_export_loses_its_object_and_link(
+    deployment: Deployment, school: School
+) -> None:
+    teacher = deployment.teacher()
+    export = await deployment.produce(teacher, BODY)
+    link = export["download_url"]
+    assert (await deployment.download(link)).status_code == 200
+    assert len(deployment.objects()) == 1
+    with psycopg.connect(deployment.url) as conn:
+        conn.execute(
+            "UPDATE report_exports SET expires_at = now() - interval '1 second' WHERE id = %s",
+            (export["id"],),
+        )
+    # Reported expired at once, before any sweep, and without a link.
+    location = f"/stats/exports/{export['id']}"
+    seen = (await deployment.api.get(location, headers=teacher)).json()
+    assert (seen["status"], seen["download_url"], seen["url_expires_at"]) == ("expired", None, None)
+
+    result = await asyncio.to_thread(deployment.run_worker)
+    assert result.expired == 1
+    assert deployment.objects() == []
+    assert _status(deployment.url, export["id"])[0] == "expired"
+    gone = await deployment.download(link)
+    # The local store answers 410 itself; S3 refuses a key that is gone (moto: 403, like AWS
+    # without list rights).
+    assert gone.status_code in ((410,) if deployment.backend == "local" else (403, 404))
