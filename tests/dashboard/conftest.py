@@ -109,6 +109,8 @@ def serve(settings: Settings, db_url: str, data_dir: Path) -> Iterator[LiveServe
         "REPORTING_LOG_JSON": "false",
         "REPORTING_LOG_LEVEL": "WARNING",
     }
+    if settings.storage.files_dir is not None:  # the worker writes where the API serves from
+        env["REPORTING_FILES_DIR"] = str(settings.storage.files_dir)
     try:
         yield LiveServer(
             base_url=f"http://127.0.0.1:{port}",
@@ -137,13 +139,14 @@ def live_server(
 
 @pytest.fixture(scope="module")
 def export_worker(live_server: LiveServer) -> Iterator[subprocess.Popen[bytes]]:
-    """`export-worker` as a process on the same database and data directory as the API."""
+    """`export-worker` as a process on the same database and files directory as the API."""
     command = [str(Path(sys.executable).parent / "export-worker")]
-    process = subprocess.Popen(command, env=live_server.env, stderr=subprocess.PIPE)
+    log_path = live_server.data_dir / "export-worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=live_server.env, stdout=log, stderr=log)
     time.sleep(0.3)
     if process.poll() is not None:
-        assert process.stderr is not None
-        raise RuntimeError(f"export-worker exited: {process.stderr.read().decode()}")
+        raise RuntimeError(f"export-worker exited: {log_path.read_text()}")
     yield process
     process.terminate()
     try:

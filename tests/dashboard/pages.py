@@ -9,12 +9,15 @@ from tests.dashboard.conftest import LiveServer
 TOKEN_KEY = "reporting.token"
 
 
-def sign_in(page: Page, server: LiveServer, token: str, *, hash_: str = "") -> None:
-    """Through the sign-in form, as a person would; then wait for the group view."""
+def sign_in(
+    page: Page, server: LiveServer, token: str, *, hash_: str = "", accepted: bool = True
+) -> None:
+    """Through the sign-in form, as a person would; then (if `accepted`) wait for the form to go."""
     page.goto(server.url("/dashboard" + hash_))
     page.locator("#token-input").fill(token)
     page.locator("#signin-form button[type=submit]").click()
-    expect(page.locator("#signin-view")).to_be_hidden()
+    if accepted:
+        expect(page.locator("#signin-view")).to_be_hidden()
 
 
 def wait_for_group(page: Page, name: str) -> None:

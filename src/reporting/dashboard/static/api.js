@@ -38,6 +38,11 @@ export function onUnauthorized(handler) {
   unauthorizedHandler = handler;
 }
 
+/** For requests made outside `request()` (the live stream). */
+export function reportUnauthorized(error) {
+  unauthorizedHandler(error);
+}
+
 async function problemOf(response) {
   try {
     const body = await response.json();

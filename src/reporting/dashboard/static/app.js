@@ -143,10 +143,12 @@ function signOut(notice) {
   showSignIn(notice);
 }
 
-onUnauthorized(() => {
+onUnauthorized((error) => {
+  // Parallel requests fail together: the first one signs out, the rest have nothing to add.
+  if (!getToken()) return;
   const claims = tokenClaims(getToken());
   const expired = !claims?.exp || claims.exp * 1000 <= Date.now() + 1000;
-  signOut(expired ? { key: 'signin.expired' } : { key: 'signin.rejected', params: { detail: '' } });
+  signOut(expired ? { key: 'signin.expired' } : { key: 'signin.rejected', params: { detail: error.detail || '—' } });
 });
 
 function startSession() {
@@ -324,7 +326,6 @@ function startLive(groupId) {
       }, 300);
     },
     onState: (on) => show($('#live-indicator'), on),
-    onUnauthorized: () => signOut({ key: 'signin.expired' }),
   });
 }
 

@@ -1,7 +1,7 @@
 // Live updates: Server-Sent Events read with fetch() and a stream reader, because EventSource
 // cannot send the Authorization header and the token must never appear in a URL.
 
-import { ApiError, enc, getToken } from './api.js';
+import { ApiError, enc, getToken, reportUnauthorized } from './api.js';
 
 const KEEPALIVE = new Set(['ping', 'heartbeat', 'keepalive', 'hello', 'open']);
 const MAX_RETRY_MS = 30_000;
@@ -63,9 +63,9 @@ const sleep = (ms, signal) =>
 /**
  * Follow /stats/groups/{id}/events until stop() is called. `onChange(event)` runs for every
  * event that says the numbers changed; `onState(on)` tells whether the stream is connected.
- * A 404/403 means live updates are off here: it stops quietly. A 401 goes to `onUnauthorized`.
+ * A 404/403 means live updates are off here: it stops quietly. A 401 signs out, like any other.
  */
-export function followGroup(groupId, { onChange, onState, onUnauthorized }) {
+export function followGroup(groupId, { onChange, onState }) {
   const controller = new AbortController();
   const { signal } = controller;
   const parser = new SseParser();
@@ -83,7 +83,7 @@ export function followGroup(groupId, { onChange, onState, onUnauthorized }) {
           credentials: 'omit',
         });
         if (response.status === 401) {
-          onUnauthorized(new ApiError(401, ''));
+          reportUnauthorized(new ApiError(401, ''));
           return;
         }
         if ([403, 404, 405, 501].includes(response.status)) return;

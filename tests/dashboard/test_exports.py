@@ -1,0 +1,187 @@
+"""Exports from the dashboard: the filters drive the request, the page follows the export to
+its download link, the downloaded file reflects the filters, and the hourly limit shows itself.
+The real API and a real `export-worker` process produce the files."""
+
+import csv
+import io
+import re
+import subprocess
+from collections import Counter
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, Route, expect
+
+from tests.conftest import TokenFactory
+from tests.dashboard.conftest import LiveServer
+from tests.dashboard.pages import sign_in, wait_for_group
+from tests.dashboard.school import TEACHER_GROUPS, TOPICS, School
+
+EXPORT_TIMEOUT_MS = 20_000
+
+pytestmark = pytest.mark.slow
+
+
+def set_filters(page: Page, *, topics: list[str] | None, since: date, until: date) -> None:
+    """`topics=None`: all topics."""
+    all_topics = page.locator("#topics-all")
+    if topics is None:
+        all_topics.check()
+    else:
+        all_topics.uncheck()
+        for box in page.locator('input[name="topic"]').all():
+            box.set_checked(box.get_attribute("value") in topics)
+    page.locator("#period-from").fill(since.isoformat())
+    page.locator("#period-to").fill(until.isoformat())
+
+
+def export_and_download(page: Page, fmt: str, count_before: int) -> bytes:
+    page.locator(f'input[name="format"][value="{fmt}"]').check()
+    page.locator("#export-submit").click()
+    items = page.locator("#export-list .export-item")
+    expect(items).to_have_count(count_before + 1)
+    newest = items.first
+    expect(newest).to_have_attribute("data-status", "ready", timeout=EXPORT_TIMEOUT_MS)
+    expect(page.locator("#export-status")).to_contain_text(f"Отчёт {fmt.upper()} готов")
+    link = newest.locator("a.download")
+    expect(link).to_have_text(f"Скачать {fmt.upper()}")
+    with page.expect_download() as download_info:
+        link.click()
+    path = download_info.value.path()
+    assert path is not None
+    return path.read_bytes()
+
+
+def rows_of(content: bytes) -> list[dict[str, str]]:
+    assert content.startswith(b"\xef\xbb\xbf"), "the CSV starts with a UTF-8 BOM"
+    return list(csv.DictReader(io.StringIO(content.decode("utf-8-sig"))))
+
+
+def test_filters_change_what_is_exported_and_the_download_reflects_them(
+    page: Page,
+    live_server: LiveServer,
+    school: School,
+    export_worker: subprocess.Popen[bytes],
+    make_token: TokenFactory,
+    artifacts_dir: Path,
+) -> None:
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS, sub="t-export"))
+    wait_for_group(page, "7А класс")
+    expect(page.locator("#export-list")).to_contain_text("Выгрузок пока нет")
+    today = school.now.date()
+
+    # One topic, the last week: only that topic's recent attempts, only students active then.
+    set_filters(page, topics=["T1"], since=today - timedelta(days=7), until=today)
+    week = rows_of(export_and_download(page, "csv", 0))
+    recent = [
+        a
+        for a in school.attempts_of(group_id="g-a", topic_id="T1")
+        if a.attempted_at.date() >= today - timedelta(days=7)
+    ]
+    assert {r["topic_id"] for r in week} == {"T1"}
+    assert {r["group_id"] for r in week} == {"g-a"}
+    assert Counter({r["user_id"]: int(r["attempts"]) for r in week}) == Counter(
+        a.user_id for a in recent
+    )
+    assert "a5" not in {r["user_id"] for r in week}  # idle for ten days
+    assert week[0]["topic_name"] == "Дроби"
+
+    # Every topic, two months: all of 7А's attempts.
+    set_filters(page, topics=None, since=today - timedelta(days=60), until=today)
+    everything = rows_of(export_and_download(page, "csv", 1))
+    assert {r["topic_id"] for r in everything} == set(TOPICS)
+    assert sum(int(r["attempts"]) for r in everything) == len(school.attempts_of(group_id="g-a"))
+    assert {r["display_name"] for r in everything} >= {"Дина Соколова", "Вера Кузнецова"}
+
+    # The list keeps both, newest first, with what each covered.
+    summaries = page.locator("#export-list .export-summary").all_inner_texts()
+    assert summaries[0].startswith("CSV · все темы")
+    assert summaries[1].startswith("CSV · тем: 1")
+    page.locator("section[aria-labelledby=export-title]").screenshot(
+        path=str(artifacts_dir / "dashboard-export.png")
+    )
+
+
+def test_xlsx_and_pdf_download_too(
+    page: Page,
+    live_server: LiveServer,
+    school: School,
+    export_worker: subprocess.Popen[bytes],
+    make_token: TokenFactory,
+) -> None:
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS, sub="t-formats"))
+    wait_for_group(page, "7А класс")
+    set_filters(
+        page,
+        topics=["T2", "T3"],
+        since=school.now.date() - timedelta(days=60),
+        until=school.now.date(),
+    )
+    assert export_and_download(page, "xlsx", 0).startswith(b"PK")
+    assert export_and_download(page, "pdf", 1).startswith(b"%PDF")
+
+
+def test_the_sixth_export_in_an_hour_shows_the_rate_limit(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS, sub="t-rate"))
+    wait_for_group(page, "7А класс")
+    quota = page.locator("#export-quota")
+    expect(quota).to_have_text("Осталось выгрузок в этом часе: 5 из 5.")
+    for made in range(1, 6):
+        page.locator("#export-submit").click()
+        expect(page.locator("#export-list .export-item")).to_have_count(made)
+        expect(page.locator("#export-status")).to_contain_text("поставлен в очередь")
+        if made < 5:
+            expect(quota).to_have_text(f"Осталось выгрузок в этом часе: {5 - made} из 5.")
+    expect(quota).to_have_text("Лимит выгрузок на этот час исчерпан.")
+
+    page.locator("#export-submit").click()
+    status = page.locator("#export-status")
+    expect(status).to_contain_text("Лимит выгрузок исчерпан (5 в час)")
+    text = status.inner_text()
+    assert re.search(r"будет доступна через (\d+ минут[аы]?|60 минут|1 час)", text), text
+    expect(page.locator("#export-submit")).to_be_disabled()
+    expect(page.locator("#export-list .export-item")).to_have_count(5)  # nothing was created
+
+
+def test_bad_filters_get_a_clear_message_and_no_request(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS, sub="t-bad"))
+    wait_for_group(page, "7А класс")
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+
+    page.locator("#topics-all").uncheck()
+    page.locator("#export-submit").click()
+    expect(page.locator("#export-status")).to_have_text(
+        "Выберите хотя бы одну тему или отметьте «Все темы»."
+    )
+    page.locator('input[name="topic"][value="T2"]').check()
+    page.locator("#period-from").fill("2026-10-10")
+    page.locator("#period-to").fill("2026-10-01")
+    page.locator("#export-submit").click()
+    expect(page.locator("#export-status")).to_have_text("Дата начала периода позже даты окончания.")
+    assert posts == []
+    # Nothing the teacher chose was lost.
+    expect(page.locator('input[name="topic"][value="T2"]')).to_be_checked()
+    expect(page.locator("#period-from")).to_have_value("2026-10-10")
+
+
+def test_a_refused_export_says_so(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    """The export request rewritten to a foreign group: the page shows the 403, nothing else."""
+
+    def to_foreign(route: Route) -> None:
+        route.continue_(url=route.request.url.replace("/groups/g-a/", "/groups/g-x/"))
+
+    page.route("**/stats/groups/g-a/export", to_foreign)
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS, sub="t-refused"))
+    wait_for_group(page, "7А класс")
+    page.locator("#export-submit").click()
+    expect(page.locator("#export-status")).to_contain_text("Ошибка 403")
+    expect(page.locator("#export-status")).to_contain_text("Нет доступа")
+    expect(page.locator("#export-list .export-item")).to_have_count(0)
