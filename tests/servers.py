@@ -340,6 +340,9 @@ class HttpCapture(_Server):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; without TCP_NODELAY the second waits for
+            # the client's delayed ACK (~40 ms a request on a kept-alive connection).
+            disable_nagle_algorithm = True
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

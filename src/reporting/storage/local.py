@@ -85,13 +85,10 @@ class LocalStore:
     def path_for(self, key: str) -> Path:
         """Where `key` lives; ValueError if the key, or a symlink on its way, leaves the root."""
         path = self.root.joinpath(*split_key(key))
-        current = self.root
-        for part in path.relative_to(self.root).parts:
-            current = current / part
-            if current.is_symlink():
-                raise ValueError(f"storage key {key!r} goes through a symbolic link")
-        if not path.resolve().is_relative_to(self.root):
-            raise ValueError(f"storage key {key!r} leaves the storage directory")
+        # The root is resolved and the key has no `.`/`..`: any difference after resolving is a
+        # symbolic link on the way, whether it points inside the directory or out of it.
+        if os.path.realpath(path) != str(path):
+            raise ValueError(f"storage key {key!r} goes through a symbolic link")
         return path
 
     def put_file(self, key: str, path: Path, *, content_type: str) -> None:
