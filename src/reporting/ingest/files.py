@@ -52,11 +52,11 @@ def ingest_directory_file(url: str, path: Path) -> str:
     try:
         directory = DirectoryUpsert.model_validate_json(path.read_bytes())
     except ValidationError as error:
-        raise _rejected(path, "nothing written", field_errors(error)) from None
+        raise _rejected(path, field_errors(error)) from None
     try:
         counts = asyncio.run(_upsert_directory(url, directory))
     except EntriesRejected as error:
-        raise _rejected(path, "nothing written", error.field_errors) from None
+        raise _rejected(path, error.field_errors) from None
     elapsed = time.perf_counter() - started
     return (
         f"{path.name}: upserted {counts.groups:,} groups, {counts.users:,} users"
@@ -72,13 +72,14 @@ async def _upsert_directory(url: str, directory: DirectoryUpsert) -> DirectoryCo
     return counts
 
 
-def _rejected(path: Path, outcome: str, errors: list[FieldError]) -> IngestFileError:
+def _rejected(path: Path, errors: list[FieldError]) -> IngestFileError:
     lines = [f"  {e.where or 'file'}: {e.msg}" for e in errors[:LISTED_BAD_LINES]]
     if len(errors) > LISTED_BAD_LINES:
         lines.append(f"  …and {len(errors) - LISTED_BAD_LINES:,} more")
     noun = "entry is" if len(errors) == 1 else "entries are"
     return IngestFileError(
-        f"{path.name} rejected, {outcome}: {len(errors):,} {noun} not valid\n" + "\n".join(lines)
+        f"{path.name} rejected, nothing written: {len(errors):,} {noun} not valid\n"
+        + "\n".join(lines)
     )
 
 

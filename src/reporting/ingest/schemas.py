@@ -168,7 +168,8 @@ class FieldError:
 
 
 class EntriesRejected(ValidationFailed):
-    """A 422 for bad entries that keeps them typed for the file commands' messages."""
+    """The 422 for bad entries: its body lists the first MAX_LISTED_ERRORS of them, in order;
+    all of them stay typed for the file commands' messages."""
 
     def __init__(self, detail: str, errors: list[FieldError]) -> None:
         super().__init__(detail, [e.as_problem() for e in errors[:MAX_LISTED_ERRORS]])
@@ -180,11 +181,6 @@ def field_errors(error: ValidationError) -> list[FieldError]:
         FieldError(loc=tuple(e["loc"]), msg=e["msg"], type=e["type"])
         for e in error.errors(include_url=False)
     ]
-
-
-def reject(detail: str, errors: list[FieldError]) -> EntriesRejected:
-    """The 422 for bad entries; its body lists the first MAX_LISTED_ERRORS of them, in order."""
-    return EntriesRejected(detail, errors)
 
 
 def bad_entries_detail(kind: str, count: int, indexes: list[int], *, what: str) -> str:
@@ -204,16 +200,17 @@ def parse_attempt_batch(raw: bytes) -> AttemptBatch:
     if too_long:
         count = too_long[0].get("ctx", {}).get("actual_length")
         has = f"{count:,}" if isinstance(count, int) else "more"
-        raise reject(
+        raise EntriesRejected(
             f"A batch holds at most {MAX_BATCH:,} attempts; this one has {has}. Split it"
             " into smaller batches; nothing was written.",
             [FieldError(("attempts",), f"at most {MAX_BATCH:,} attempts", "too_long")],
         )
     for e in errors:
         if e.type == "json_invalid":
-            raise reject(f"The body is not valid JSON: {e.msg}.", [e])
+            raise EntriesRejected(f"The body is not valid JSON: {e.msg}.", [e])
+    # ("attempts", 3, "hints_used") -> 3
     indexes = sorted({i for e in errors for i in e.loc[1:2] if isinstance(i, int)})
     if not indexes:
-        raise reject('The body must be an object {"attempts": [...]}.', errors)
+        raise EntriesRejected('The body must be an object {"attempts": [...]}.', errors)
     detail = bad_entries_detail("attempts", len(indexes), indexes, what="are not valid")
-    raise reject(detail, errors)
+    raise EntriesRejected(detail, errors)

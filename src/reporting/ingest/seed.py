@@ -112,10 +112,16 @@ class SeedResult:
 
 
 def seed(conn: psycopg.Connection, spec: SeedSpec) -> SeedResult:
-    """Load the school inside the caller's transaction (the caller commits); SeedError if it cannot."""
+    """Load the school atomically: inside the caller's transaction (the caller commits), or in
+    one of its own on an autocommit connection. SeedError, with nothing written, if it cannot."""
     _check(spec)
     until = spec.until or datetime.now(UTC).replace(second=0, microsecond=0)
     params = _params(spec, until)
+    with conn.transaction():
+        return _load(conn, spec, params)
+
+
+def _load(conn: psycopg.Connection, spec: SeedSpec, params: dict[str, object]) -> SeedResult:
     conn.execute(
         "LOCK TABLE groups, users, user_groups, levels, topics, attempts IN EXCLUSIVE MODE"
     )

@@ -21,9 +21,9 @@ from reporting.ingest.schemas import (
     AttemptCreate,
     DirectoryCounts,
     DirectoryUpsert,
+    EntriesRejected,
     FieldError,
     bad_entries_detail,
-    reject,
 )
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ async def upsert_directory(
     if errors:
         names = ", ".join(e.where for e in errors[:20])
         more = ", …" if len(errors) > 20 else ""
-        raise reject(
+        raise EntriesRejected(
             f"{len(errors)} directory entries are not valid ({names}{more}); nothing was written.",
             errors,
         )
@@ -242,7 +242,7 @@ async def write_attempts(
             for field, msg in u.problems()
         ]
         positions = [u.position for u in unknown]
-        raise reject(
+        raise EntriesRejected(
             bad_entries_detail("attempts", total, positions, what="reference unknown ids"), errors
         )
     inserted = await copy.insert_staged(conn)
