@@ -4,6 +4,7 @@
 The page and its files need no token; everything with data behind it does (CurrentScope).
 """
 
+import gzip
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,7 +86,11 @@ async def dashboard_page(request: Request) -> HTMLResponse:
         modules=modules,
         demo_tokens=_json_for_script([t.model_dump() for t in _demo_tokens(request)]),
     )
-    return HTMLResponse(html, headers=_PAGE_HEADERS)
+    headers = {**_PAGE_HEADERS, "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        body = gzip.compress(html.encode(), compresslevel=6)
+        return HTMLResponse(body, headers={**headers, "Content-Encoding": "gzip"})
+    return HTMLResponse(html, headers=headers)
 
 
 @router.get("/dashboard/", include_in_schema=False)
