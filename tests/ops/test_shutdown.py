@@ -8,6 +8,7 @@ running that nothing ever stops.
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,19 @@ def _assert_json_logs(service: ServiceProcess) -> None:
         assert {"ts", "level", "logger", "msg"} <= set(record), record
 
 
-def test_sigterm_stops_each_process_and_releases_the_embedded_server(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One embedded data dir for the module (initdb once); every test leaves its server stopped."""
+    path = tmp_path_factory.mktemp("embedded") / "data"
+    yield path
+    from reporting.db import embedded
+
+    embedded.stop_server(path)
+
+
+def test_sigterm_stops_each_process_and_releases_the_embedded_server(
+    data_dir: Path, tmp_path: Path
+) -> None:
     env = processes.service_env(database_url=None, data_dir=data_dir)
     started: list[ServiceProcess] = []
     try:
@@ -70,10 +82,9 @@ def test_sigterm_stops_each_process_and_releases_the_embedded_server(tmp_path: P
         embedded.stop_server(data_dir)  # whatever happened above, no server is left behind
 
 
-def test_sigkill_leaves_a_handle_the_next_process_prunes(tmp_path: Path) -> None:
+def test_sigkill_leaves_a_handle_the_next_process_prunes(data_dir: Path, tmp_path: Path) -> None:
     """A crash cannot detach; the next process to start drops the dead pid, so a later normal
     exit still stops the server."""
-    data_dir = tmp_path / "data"
     env = processes.service_env(database_url=None, data_dir=data_dir)
     crashed = processes.start_export_worker(env, tmp_path, name="crashed")
     try:
