@@ -10,7 +10,8 @@ always one of its student's groups.
 
 Determinism: every random choice is `hashint8extended(i, salt)` of a row number with a salt
 derived from `--seed`, so the same spec (and the same `until`) gives the same rows, byte for byte.
-Ids are `group-0001`, `user-000001`, `level-01`, `topic-001`; event ids `seed-{seed}-{i}`.
+Ids are `group-0001`, `user-000001`, `level-01`, `topic-001`; event ids `seed-{seed}-{i}` with
+`i` zero-padded to the width of `--attempts` (`seed-1-00000001`).
 
 An empty database only: seeding refuses (SeedError) when the directory or attempts hold anything,
 because the generated ids would collide with real ones and a synthetic school mixed into real data
@@ -18,7 +19,8 @@ helps nobody. Use a fresh database (DATABASE_URL) or data dir (REPORTING_DATA_DI
 
 Speed (≥ 200k attempts/s at 10M): no Python loop over attempts — one INSERT ... SELECT over
 generate_series per million rows. The indexes of `attempts` are dropped first and rebuilt once at
-the end (a sorted build is far cheaper than 10M index insertions), then ANALYZE. Everything runs
+the end (a sorted build is far cheaper than 10M index insertions), then ANALYZE; the foreign keys
+of `user_groups` are likewise added back after its rows, checked in one join. Everything runs
 in the caller's one transaction, so an error or a kill leaves the database as it was; that is also
 why the load is not split over two sessions — two sessions cannot share a transaction, and a
 crash between them would leave `attempts` without its unique index.
@@ -129,8 +131,11 @@ def _load(conn: psycopg.Connection, spec: SeedSpec, params: dict[str, object]) -
     conn.execute("SET LOCAL jit = off")  # compiling these expressions costs more than it saves
 
     started = time.perf_counter()
+    foreign_keys = _drop_foreign_keys(conn, "user_groups")
     for statement in _DIRECTORY:
         conn.execute(statement, params)
+    for add_constraint in foreign_keys:
+        conn.execute(add_constraint)
     directory_done = time.perf_counter()
     log.info("seed: directory loaded", extra={"students": spec.students, "groups": spec.groups})
 
@@ -142,8 +147,8 @@ def _load(conn: psycopg.Connection, spec: SeedSpec, params: dict[str, object]) -
     generated = time.perf_counter()
 
     conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-    for definition in indexes:
-        conn.execute(sql.SQL(definition))
+    for create_index in indexes:
+        conn.execute(sql.SQL(create_index))
     indexed = time.perf_counter()
     conn.execute("ANALYZE groups, users, user_groups, levels, topics, attempts")
     analyzed = time.perf_counter()
@@ -204,6 +209,32 @@ def _drop_indexes(conn: psycopg.Connection) -> list[LiteralString]:
     return [cast(LiteralString, definition) for _, definition in rows]
 
 
+def _drop_foreign_keys(conn: psycopg.Connection, table: LiteralString) -> list[sql.Composed]:
+    """Drop the table's foreign keys; returns the DDL that adds them back. Adding one back checks
+    every row in one join, where 100k memberships took 4 s of per-row trigger checks."""
+    rows = conn.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = %s::regclass AND contype = 'f' ORDER BY conname",
+        (table,),
+    ).fetchall()
+    restore = []
+    for name, definition in rows:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                sql.Identifier(table), sql.Identifier(name)
+            )
+        )
+        # PostgreSQL's own rendering of a constraint it holds, not outside input.
+        restore.append(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                sql.Identifier(table),
+                sql.Identifier(name),
+                sql.SQL(cast(LiteralString, definition)),
+            )
+        )
+    return restore
+
+
 def _salt(seed: int, stream: int) -> int:
     """A distinct hash salt per random stream; seed < 2^40 keeps it inside bigint."""
     return seed * 64 + stream
@@ -221,6 +252,8 @@ def _params(spec: SeedSpec, until: datetime) -> dict[str, object]:
         "day0": day0,
         "year_seconds": 365 * 86400,
         "event_prefix": f"seed-{spec.seed}-",
+        # Zero-padded, the event ids come out in index order: the unique index builds 3x faster.
+        "event_width": len(str(spec.attempts)),
         "second_percent": SECOND_GROUP_PERCENT,
         "tasks": TASKS_PER_TOPIC,
         "grades": list(GRADES),
@@ -325,7 +358,7 @@ _DIRECTORY: tuple[LiteralString, ...] = (
 _ATTEMPTS: LiteralString = """
 INSERT INTO attempts (event_id, user_key, group_key, topic_key, task_id, is_correct, score,
                       hints_used, time_spent_ms, attempted_at)
-SELECT %(event_prefix)s || i, user_key, group_key, topic_key,
+SELECT %(event_prefix)s || lpad(i::text, %(event_width)s, '0'), user_key, group_key, topic_key,
        'task-' || topic_key || '-' || (1 + mod((h2 >> 48) & 32767, %(tasks)s)),
        correct,
        CASE WHEN correct THEN greatest(10 - 2 * hints, 4) ELSE mod((h2 >> 32) & 65535, 3) END,
