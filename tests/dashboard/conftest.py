@@ -10,14 +10,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import uvicorn
-from playwright.sync_api import Page, Request
+from playwright.sync_api import Browser, BrowserType, Page, Playwright, Request, sync_playwright
 
 from reporting.app import create_app
 from reporting.settings import DatabaseSettings, Settings
@@ -46,6 +47,43 @@ def browser_type_launch_args(
     if browser_name not in (None, "chromium"):
         return browser_type_launch_args
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+# Sync Playwright keeps its event loop marked as running in the main thread for as long as it
+# lives, and then no asyncio test can run. pytest-playwright starts it once per session, so every
+# async test after this package would fail: these overrides stop it when the package ends.
+@pytest.fixture(scope="package")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="package")
+def browser_type(playwright: Playwright, browser_name: str | None) -> BrowserType:
+    browser_type: BrowserType = getattr(playwright, browser_name or "chromium")
+    return browser_type
+
+
+@pytest.fixture(scope="package")
+def launch_browser(
+    browser_type_launch_args: dict[str, Any], browser_type: BrowserType
+) -> Callable[..., Browser]:
+    def launch(**kwargs: Any) -> Browser:
+        return browser_type.launch(**{**browser_type_launch_args, **kwargs})
+
+    return launch
+
+
+@pytest.fixture(scope="package")
+def browser(launch_browser: Callable[..., Browser]) -> Iterator[Browser]:
+    launched = launch_browser()
+    yield launched
+    launched.close()
+
+
+@pytest.fixture(scope="package")
+def browser_context_args() -> dict[str, Any]:
+    return {"locale": "ru-RU", "timezone_id": "UTC"}
 
 
 @pytest.fixture(scope="session")

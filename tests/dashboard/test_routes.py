@@ -1,8 +1,10 @@
 """The dashboard's own HTTP surface, over real HTTP: the page, its static files and the three
 reads it adds (groups, topics, students with attention flags)."""
 
+import asyncio
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -235,21 +237,27 @@ def test_foreign_or_unknown_group_students_are_refused_without_a_leak(
     assert http.get("/dashboard/api/groups/g-a/students", headers=service).status_code == 403
 
 
-async def test_row_level_security_hides_foreign_members_even_without_the_scope_check(
+def test_row_level_security_hides_foreign_members_even_without_the_scope_check(
     live_server: LiveServer, school: School
 ) -> None:
     """The members query run under a teacher's transaction for a foreign group: no rows."""
-    db = Database(live_server.db_url, min_size=1, max_size=2)
-    await db.open()
-    try:
-        teacher = Scope(role="teacher", sub="t-rls", group_ids=frozenset(TEACHER_GROUPS))
-        async with db.scoped(teacher) as conn:
-            assert await queries.group_members(conn, FOREIGN_GROUP) == []
-            assert not await queries.group_exists(conn, FOREIGN_GROUP)
-            own = await queries.group_members(conn, "g-a")
-        assert {m.user_id for m in own} == {"a1", "a2", "a3", "a4", "a5", "a6"}
-        admin = Scope(role="admin", sub="a-rls")
-        async with db.scoped(admin) as conn:
-            assert len(await queries.group_members(conn, FOREIGN_GROUP)) == 2
-    finally:
-        await db.close()
+
+    async def check() -> None:
+        db = Database(live_server.db_url, min_size=1, max_size=2)
+        await db.open()
+        try:
+            teacher = Scope(role="teacher", sub="t-rls", group_ids=frozenset(TEACHER_GROUPS))
+            async with db.scoped(teacher) as conn:
+                assert await queries.group_members(conn, FOREIGN_GROUP) == []
+                assert not await queries.group_exists(conn, FOREIGN_GROUP)
+                own = await queries.group_members(conn, "g-a")
+            assert {m.user_id for m in own} == {"a1", "a2", "a3", "a4", "a5", "a6"}
+            admin = Scope(role="admin", sub="a-rls")
+            async with db.scoped(admin) as conn:
+                assert len(await queries.group_members(conn, FOREIGN_GROUP)) == 2
+        finally:
+            await db.close()
+
+    # In a thread of its own: this package's Playwright owns the main thread's event loop.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, check()).result(timeout=30)

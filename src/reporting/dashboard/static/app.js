@@ -289,7 +289,7 @@ async function loadGroup(groupId, { silent = false } = {}) {
   renderGroupSelect();
 
   state.catalogPromise?.then(() => {
-    if (seq === state.loadSeq || silent) setExportGroup();
+    if (seq === state.loadSeq) setExportGroup();
   });
   try {
     state.students = await studentsPromise;

@@ -124,7 +124,7 @@ export class ExportPanel {
       return;
     }
     if (Date.now() < this.blockedUntil) {
-      this.showRateLimited((this.blockedUntil - Date.now()) / 1000);
+      this.showRateLimited();
       return;
     }
     this.submit.disabled = true;
@@ -143,9 +143,9 @@ export class ExportPanel {
       if (!(error instanceof ApiError)) throw error;
       if (error.headers) this.readLimits(error.headers);
       if (error.status === 429) {
-        const retryAfter = Number(error.headers?.get('Retry-After'));
+        const retryAfter = Number(error.headers?.get('Retry-After') ?? Number.NaN);
         this.blockedUntil = Date.now() + (Number.isFinite(retryAfter) ? retryAfter : 60) * 1000;
-        this.showRateLimited(Number.isFinite(retryAfter) ? retryAfter : 60);
+        this.showRateLimited();
       } else if (error.status === 422) {
         const details = error.errors.map((e) => `${(e.loc ?? []).join('.')}: ${e.msg}`).join('; ');
         this.notice('export.invalid', { detail: details || error.detail }, 'error');
@@ -158,9 +158,9 @@ export class ExportPanel {
     }
   }
 
-  showRateLimited(waitSeconds) {
+  showRateLimited() {
     const limit = this.limits?.limit;
-    const params = { limit, wait: duration(waitSeconds) };
+    const params = { limit, wait: () => duration((this.blockedUntil - Date.now()) / 1000) };
     this.notice(limit ? 'export.rateLimited' : 'export.rateLimitedBare', params, 'error');
     this.submit.disabled = true;
     clearTimeout(this.blockedTimer);

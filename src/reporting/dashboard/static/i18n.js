@@ -317,10 +317,17 @@ export function setLang(next) {
   }
 }
 
-/** The string for `key` in the current language, with `{name}` placeholders filled in. */
+/**
+ * The string for `key` in the current language, with `{name}` placeholders filled in. A
+ * parameter may be a function: it is called now, so it formats in the language of the moment.
+ */
 export function t(key, params = {}) {
   const template = STRINGS[current][key] ?? STRINGS.ru[key] ?? key;
-  return template.replace(/\{(\w+)\}/g, (match, name) => (name in params ? String(params[name]) : match));
+  return template.replace(/\{(\w+)\}/g, (match, name) => {
+    if (!(name in params)) return match;
+    const value = params[name];
+    return String(typeof value === 'function' ? value() : value);
+  });
 }
 
 const locale = () => (current === 'ru' ? 'ru-RU' : 'en-GB');
