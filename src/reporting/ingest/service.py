@@ -40,12 +40,16 @@ class AttemptsIngested:
 
 # --- directory -------------------------------------------------------------------------------
 
-# Rows go in id order so that concurrent upserts lock them in the same order (no deadlocks), and
-# an unchanged row is not rewritten.
+# Only new or changed rows reach ON CONFLICT (an anti-join is far cheaper than 100k speculative
+# insertions that end in "no change"); ON CONFLICT still settles a row inserted concurrently.
+# Rows go in id order so that concurrent upserts wait on each other in the same order.
 _UPSERT_LEVELS = """
 INSERT INTO levels (id, name, position)
-SELECT id, name, position FROM unnest(%s::text[], %s::text[], %s::int[]) AS l (id, name, position)
-ORDER BY id COLLATE "C"
+SELECT l.id, l.name, l.position
+FROM unnest(%s::text[], %s::text[], %s::int[]) AS l (id, name, position)
+LEFT JOIN levels cur ON cur.id = l.id
+WHERE (cur.name, cur.position) IS DISTINCT FROM (l.name, l.position)
+ORDER BY l.id COLLATE "C"
 ON CONFLICT (id) DO UPDATE
 SET name = excluded.name, position = excluded.position, updated_at = now()
 WHERE (levels.name, levels.position) IS DISTINCT FROM (excluded.name, excluded.position)
@@ -56,6 +60,8 @@ INSERT INTO topics (id, name, level_key)
 SELECT t.id, t.name, l.key
 FROM unnest(%s::text[], %s::text[], %s::text[]) AS t (id, name, level_id)
 JOIN levels l ON l.id = t.level_id
+LEFT JOIN topics cur ON cur.id = t.id
+WHERE (cur.name, cur.level_key) IS DISTINCT FROM (t.name, l.key)
 ORDER BY t.id COLLATE "C"
 ON CONFLICT (id) DO UPDATE
 SET name = excluded.name, level_key = excluded.level_key, updated_at = now()
@@ -64,8 +70,11 @@ WHERE (topics.name, topics.level_key) IS DISTINCT FROM (excluded.name, excluded.
 
 _UPSERT_GROUPS = """
 INSERT INTO groups (id, name)
-SELECT id, name FROM unnest(%s::text[], %s::text[]) AS g (id, name)
-ORDER BY id COLLATE "C"
+SELECT g.id, g.name
+FROM unnest(%s::text[], %s::text[]) AS g (id, name)
+LEFT JOIN groups cur ON cur.id = g.id
+WHERE cur.name IS DISTINCT FROM g.name
+ORDER BY g.id COLLATE "C"
 ON CONFLICT (id) DO UPDATE
 SET name = excluded.name, updated_at = now()
 WHERE groups.name IS DISTINCT FROM excluded.name
@@ -73,14 +82,17 @@ WHERE groups.name IS DISTINCT FROM excluded.name
 
 _UPSERT_USERS = """
 INSERT INTO users (id, display_name)
-SELECT id, display_name FROM unnest(%s::text[], %s::text[]) AS u (id, display_name)
-ORDER BY id COLLATE "C"
+SELECT u.id, u.display_name
+FROM unnest(%s::text[], %s::text[]) AS u (id, display_name)
+LEFT JOIN users cur ON cur.id = u.id
+WHERE cur.display_name IS DISTINCT FROM u.display_name
+ORDER BY u.id COLLATE "C"
 ON CONFLICT (id) DO UPDATE
 SET display_name = excluded.display_name, updated_at = now()
 WHERE users.display_name IS DISTINCT FROM excluded.display_name
 """
 
-# The given users' memberships become exactly the given pairs: drop the others, add the new.
+# The given users' memberships become exactly the given pairs: drop the others, add the missing.
 _REPLACE_MEMBERSHIPS = """
 WITH wanted AS (
     SELECT u.key AS user_key, g.key AS group_key
@@ -95,7 +107,10 @@ WITH wanted AS (
           SELECT 1 FROM wanted w WHERE w.user_key = ug.user_key AND w.group_key = ug.group_key)
 )
 INSERT INTO user_groups (user_key, group_key)
-SELECT user_key, group_key FROM wanted ORDER BY user_key, group_key
+SELECT w.user_key, w.group_key FROM wanted w
+WHERE NOT EXISTS (
+    SELECT 1 FROM user_groups ug WHERE ug.user_key = w.user_key AND ug.group_key = w.group_key)
+ORDER BY w.user_key, w.group_key
 ON CONFLICT DO NOTHING
 """
 
