@@ -240,12 +240,24 @@ def _memberships(url: str) -> set[tuple[str, str]]:
     return {(u, g) for u, g in rows}
 
 
+def _stamps(url: str) -> list[tuple[str, object]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT id, updated_at FROM groups UNION ALL SELECT id, updated_at FROM users"
+            " UNION ALL SELECT id, updated_at FROM levels UNION ALL SELECT id, updated_at"
+            " FROM topics ORDER BY 1"
+        ).fetchall()
+
+
 async def test_directory_upsert_is_idempotent(
     ingest_api: httpx.AsyncClient, service_headers: dict[str, str], fresh_db_url: str
 ) -> None:
+    before = _stamps(fresh_db_url)  # the `school` fixture already sent DIRECTORY once
+
     response = await ingest_api.put("/ingest/directory", json=DIRECTORY, headers=service_headers)
 
     assert response.status_code == 200
+    assert _stamps(fresh_db_url) == before  # unchanged rows are not rewritten
     assert response.json() == {
         "groups": 2,
         "users": 3,
