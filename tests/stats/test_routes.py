@@ -12,9 +12,11 @@ import pytest
 from reporting.errors import NotFound
 from reporting.stats.cache import (
     LISTENER_APPLICATION_NAME,
+    CachedBody,
     Filled,
     ResponseCache,
     changed_groups,
+    etag_of,
 )
 from tests.builders import (
     Ranking,
@@ -293,6 +295,50 @@ async def test_etag_revalidation_answers_304(
     assert other.content == first.content
 
 
+@pytest.mark.parametrize(
+    ("accept_encoding", "compressed"),
+    [
+        ("gzip, deflate, br", True),
+        ("br;q=1.0, gzip;q=0.8", True),
+        ("*", True),
+        ("identity", False),
+        ("gzip;q=0", False),
+        ("deflate", False),
+    ],
+)
+async def test_pages_are_served_precompressed_to_clients_that_take_gzip(
+    client: httpx.AsyncClient, make_token: TokenFactory, accept_encoding: str, compressed: bool
+) -> None:
+    headers = _auth(make_token, "admin")
+    plain = await client.get("/stats/groups/g1", headers={**headers, "Accept-Encoding": "identity"})
+
+    response = await client.get(
+        "/stats/groups/g1", headers={**headers, "Accept-Encoding": accept_encoding}
+    )
+
+    assert response.status_code == 200
+    assert response.headers.get("content-encoding") == ("gzip" if compressed else None)
+    assert response.content == plain.content  # httpx decodes gzip
+    assert (response.headers["etag"] != plain.headers["etag"]) is compressed
+    assert "Accept-Encoding" in response.headers["vary"]
+    if compressed:
+        assert int(response.headers["content-length"]) < len(plain.content) / 2
+
+
+async def test_either_etag_of_a_page_revalidates_it(
+    client: httpx.AsyncClient, make_token: TokenFactory
+) -> None:
+    headers = _auth(make_token, "admin")
+    plain = await client.get("/stats/groups/g1", headers={**headers, "Accept-Encoding": "identity"})
+
+    again = await client.get(
+        "/stats/groups/g1",
+        headers={**headers, "Accept-Encoding": "gzip", "If-None-Match": plain.headers["etag"]},
+    )
+
+    assert again.status_code == 304
+
+
 # --- invalidation -------------------------------------------------------------------------------
 
 
@@ -448,16 +494,94 @@ def _filler(body: bytes, groups: frozenset[str] | None = None) -> Callable[[], A
     return fill
 
 
-async def test_cache_entries_expire_after_the_ttl() -> None:
+async def test_an_entry_past_its_ttl_is_served_once_more_while_it_refreshes() -> None:
     clock = FakeClock()
     cache = ResponseCache(ttl_seconds=30, clock=clock)
     cache.activate()
     await cache.get_or_fill("k", _filler(b"old"))
 
-    clock.now += 29
+    clock.now += 23  # under the jittered TTL (24 to 30 s)
     assert (await cache.get_or_fill("k", _filler(b"new"))).body == b"old"
-    clock.now += 2
-    assert (await cache.get_or_fill("k", _filler(b"new"))).body == b"new"
+    assert cache.refreshes == 0
+    clock.now += 8
+    assert (await cache.get_or_fill("k", _filler(b"new"))).body == b"old"
+    assert cache.refreshes == 1
+    await asyncio.sleep(0.01)  # the background refresh runs
+    assert (await cache.get_or_fill("k", _filler(b"newer"))).body == b"new"
+
+
+async def test_many_hits_on_a_stale_entry_start_one_refresh() -> None:
+    clock = FakeClock()
+    cache = ResponseCache(ttl_seconds=30, clock=clock)
+    cache.activate()
+    await cache.get_or_fill("k", _filler(b"old"))
+    clock.now += 31
+    calls = 0
+
+    async def counted() -> Filled:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        return Filled(b"new", None)
+
+    bodies = [(await cache.get_or_fill("k", counted)).body for _ in range(5)]
+    await asyncio.sleep(0.05)
+
+    assert bodies == [b"old"] * 5
+    assert (calls, cache.refreshes) == (1, 1)
+    assert cache.get("k") == CachedBody(b"new", etag_of(b"new"))
+
+
+async def test_a_request_after_an_invalidation_does_not_join_an_older_fill() -> None:
+    cache = ResponseCache()
+    cache.activate()
+    release = asyncio.Event()
+
+    async def before() -> Filled:
+        await release.wait()
+        return Filled(b"before", frozenset({"g1"}))
+
+    first = asyncio.create_task(cache.get_or_fill("k", before))
+    await asyncio.sleep(0.01)
+    cache.invalidate(["g1"])
+    second = await cache.get_or_fill("k", _filler(b"after", frozenset({"g1"})))
+    release.set()
+
+    assert second.body == b"after"
+    assert (await first).body == b"before"
+    assert cache.get("k") == CachedBody(b"after", etag_of(b"after"))
+
+
+async def test_a_failed_refresh_drops_the_entry() -> None:
+    clock = FakeClock()
+    cache = ResponseCache(ttl_seconds=30, clock=clock)
+    cache.activate()
+    await cache.get_or_fill("k", _filler(b"old"))
+
+    async def gone() -> Filled:
+        raise NotFound("No such group.")
+
+    clock.now += 31
+    assert (await cache.get_or_fill("k", gone)).body == b"old"
+    await asyncio.sleep(0.01)
+    assert cache.get("k") is None
+    with pytest.raises(NotFound):
+        await cache.get_or_fill("k", gone)
+
+
+async def test_an_entry_is_never_served_past_its_hard_deadline() -> None:
+    clock = FakeClock()
+    cache = ResponseCache(ttl_seconds=30, clock=clock)
+    cache.activate()
+
+    async def board() -> Filled:
+        return Filled(b"board", None, max_age_seconds=5)
+
+    await cache.get_or_fill("k", board)
+    clock.now += 4.9
+    assert cache.get("k") is not None
+    clock.now += 0.2
+    assert cache.get("k") is None
 
 
 async def test_cache_invalidates_by_group_and_school_wide_entries_always() -> None:

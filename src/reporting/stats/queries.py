@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from pydantic import TypeAdapter
 
 from reporting.auth.scope import Scope
 from reporting.stats.schemas import (
@@ -62,24 +63,38 @@ FROM groups g
 WHERE g.id = %(group_id)s AND (%(all_groups)s OR g.id = ANY (%(group_ids)s))
 """
 
+# The lists are built as one JSON array inside PostgreSQL and validated in one pass: a page has
+# up to 500 topics, and row-by-row decoding in Python was most of the cost of a cache miss.
 _GROUP_LEVELS = """
-SELECT l.id AS level_id, l.name, ms.metrics
+SELECT coalesce(json_agg(json_build_object('level_id', l.id, 'name', l.name, 'metrics', ms.metrics)
+                         ORDER BY l.position, l.id), '[]')::text
 FROM materialized_stats ms
 JOIN levels l ON ms.entity_id = %(group_id)s || ':' || l.id
 WHERE ms.type = 'group_level' AND ms.group_id = %(group_id)s
   AND (%(all_groups)s OR ms.group_id = ANY (%(group_ids)s))
-ORDER BY l.position, l.id
 """
 
 _GROUP_TOPICS = """
-SELECT t.id AS topic_id, t.name, l.id AS level_id, ms.metrics
+SELECT coalesce(json_agg(json_build_object('topic_id', t.id, 'name', t.name, 'level_id', l.id,
+                                           'metrics', ms.metrics)
+                         ORDER BY l.position, t.name, t.id), '[]')::text
 FROM materialized_stats ms
 JOIN topics t ON ms.entity_id = %(group_id)s || ':' || t.id
 JOIN levels l ON l.key = t.level_key
 WHERE ms.type = 'group_topic' AND ms.group_id = %(group_id)s
   AND (%(all_groups)s OR ms.group_id = ANY (%(group_ids)s))
-ORDER BY l.position, t.name, t.id
 """
+
+_levels_json = TypeAdapter(list[GroupLevelRead])
+_topics_json = TypeAdapter(list[GroupTopicRead])
+_groups_json = TypeAdapter(list[GroupMetricsRead])
+
+
+async def _json_array(conn: Connection, query: str, params: dict[str, object]) -> str:
+    cur = await conn.execute(query, params)
+    row = await cur.fetchone()
+    assert row is not None  # an aggregate always returns its row
+    return str(row[0])
 
 
 async def read_group_stats(conn: Connection, scope: Scope, group_id: str) -> GroupStatsRead | None:
@@ -94,8 +109,8 @@ async def read_group_stats(conn: Connection, scope: Scope, group_id: str) -> Gro
         name=group["name"],
         stats=await _stat(conn, "group", group_id),
         leaderboard=await read_leaderboard(conn, scope, "group", group_id),
-        levels=[GroupLevelRead.model_validate(r) for r in await _rows(conn, _GROUP_LEVELS, params)],
-        topics=[GroupTopicRead.model_validate(r) for r in await _rows(conn, _GROUP_TOPICS, params)],
+        levels=_levels_json.validate_json(await _json_array(conn, _GROUP_LEVELS, params)),
+        topics=_topics_json.validate_json(await _json_array(conn, _GROUP_TOPICS, params)),
     )
 
 
@@ -152,11 +167,11 @@ _LEVEL = "SELECT l.id AS level_id, l.name FROM levels l WHERE l.id = %(entity_id
 
 # One primary-key probe per visible group: the per-group rows of a topic share no indexable prefix.
 _PER_GROUP = """
-SELECT g.id AS group_id, ms.metrics
+SELECT coalesce(json_agg(json_build_object('group_id', g.id, 'metrics', ms.metrics)
+                         ORDER BY g.id), '[]')::text
 FROM groups g
 JOIN materialized_stats ms ON ms.type = %(type)s AND ms.entity_id = g.id || ':' || %(entity_id)s
 WHERE %(all_groups)s OR g.id = ANY (%(group_ids)s)
-ORDER BY g.id
 """
 
 
@@ -178,7 +193,7 @@ async def _read_catalog_entry(
     entity = await _row(conn, catalog.entity_query, params)
     if entity is None:
         return None
-    groups = [GroupMetricsRead.model_validate(r) for r in await _rows(conn, _PER_GROUP, params)]
+    groups = _groups_json.validate_json(await _json_array(conn, _PER_GROUP, params))
     return {**entity, "stats": await _stat(conn, catalog.school_type, entity_id), "groups": groups}
 
 

@@ -32,19 +32,49 @@ _READ_ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+def _etag_matches(if_none_match: str | None, cached: CachedBody) -> bool:
     if not if_none_match:
         return False
-    candidates = (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
-    return any(tag in (etag, "*") for tag in candidates)
+    ours = {cached.etag, cached.gzip_etag, "*"}
+    return any(tag.strip().removeprefix("W/") in ours for tag in if_none_match.split(","))
+
+
+def _accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether Accept-Encoding admits gzip (by name or `*`) with a non-zero q."""
+    for coding in (accept_encoding or "").split(","):
+        name, _, params = coding.partition(";")
+        if name.strip().lower() not in ("gzip", "*"):
+            continue
+        quality = params.strip()
+        if not quality.startswith("q="):
+            return True
+        try:
+            return float(quality[2:]) > 0
+        except ValueError:
+            return False
+    return False
 
 
 def _json(cached: CachedBody, request: Request) -> Response:
+    # The cached bytes as they are: precompressed when the client takes gzip (browsers do).
+    body, etag, encoding = cached.body, cached.etag, None
+    if (
+        cached.gzip_body
+        and cached.gzip_etag
+        and _accepts_gzip(request.headers.get("accept-encoding"))
+    ):
+        body, etag, encoding = cached.gzip_body, cached.gzip_etag, "gzip"
     # private: the body depends on the bearer; no-cache: revalidate, a 304 is cheap.
-    headers = {"ETag": cached.etag, "Cache-Control": "private, no-cache", "Vary": "Authorization"}
-    if _etag_matches(request.headers.get("if-none-match"), cached.etag):
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "private, no-cache",
+        "Vary": "Authorization, Accept-Encoding",
+    }
+    if _etag_matches(request.headers.get("if-none-match"), cached):
         return Response(status_code=304, headers=headers)
-    return Response(cached.body, media_type="application/json", headers=headers)
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.get(
