@@ -12,7 +12,7 @@ import pytest
 
 from reporting.settings import ExportSettings
 from tests.exports.conftest import SEPTEMBER, Deployment, DeploymentFactory, School, rows_of
-from tests.ops.processes import service_env, start_export_worker
+from tests.ops.processes import run_once, service_env, start_export_worker
 from tests.servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
 
 pytestmark = pytest.mark.slow
@@ -170,3 +170,20 @@ async def test_a_killed_worker_is_replaced_after_its_lease_and_sigterm_finishes_
         export = (await deployment.api.get(f"/stats/exports/{export_id}", headers=admin)).json()
         content = (await deployment.download(export["download_url"])).content
     assert content.startswith(b"PK")  # a zip: the workbook
+
+
+async def test_once_produces_what_is_pending_and_exits_zero(
+    make_deployment: DeploymentFactory, school: School, tmp_path: Path
+) -> None:
+    async with make_deployment("s3") as deployment:
+        teacher = deployment.teacher()
+        ids = [
+            (await deployment.request(teacher, {**BODY, "format": fmt})).json()["id"]
+            for fmt in ("csv", "pdf", "xlsx")
+        ]
+        output = await asyncio.to_thread(
+            run_once, "export-worker", _env(deployment, tmp_path), tmp_path
+        )
+    assert [_status(deployment.url, export_id) for export_id in ids] == [("ready", 1)] * 3
+    assert len(deployment.objects()) == 3
+    assert "ready in" in output

@@ -22,7 +22,7 @@ _RATE_HEADERS = {
 }
 
 
-def _exportable_group(group_id: str, scope: CurrentScope) -> str:
+async def _exportable_group(group_id: str, scope: CurrentScope) -> str:
     # A dependency, so a foreign group is refused (403) before the body is even validated.
     service.require_exporter(scope, group_id)
     return group_id

@@ -239,6 +239,7 @@ def produce(
                 path = Path(tmp) / f"{job.id}.{job.format}"
                 with conn.transaction():
                     apply_scope(conn, job.scope)
+                    content.prepare_read(conn)
                     group_name = _render(conn, job, path)
                 _upload(store, key, path)
         except StorageError as error:
