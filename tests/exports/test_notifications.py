@@ -61,7 +61,7 @@ async def test_the_webhook_is_signed_and_a_failed_export_is_announced_too(
     assert event["event"] == "export.failed"
     assert event["export_id"] == response.json()["id"]
     assert event["status"] == "failed" and event["download_url"] is None
-    assert event["error"].startswith("storage unreachable")
+    assert event["error"].startswith("storage unavailable")
     assert event["request_id"] == response.headers["x-request-id"]
 
 

@@ -96,7 +96,7 @@ async def test_storage_unreachable_fails_the_export_with_a_clear_error(
         got = await deployment.api.get(response.headers["location"], headers=teacher)
     export = got.json()
     assert export["status"] == "failed" and export["download_url"] is None
-    assert export["error"].startswith("storage unreachable: cannot upload s3://nowhere/")
+    assert export["error"].startswith("storage unavailable: cannot upload s3://nowhere/")
     assert rows_of(
         deployment.url, "SELECT count(*) FROM report_exports WHERE status = 'processing'"
     ) == [(0,)]

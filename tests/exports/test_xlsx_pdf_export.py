@@ -165,7 +165,8 @@ async def test_pdf_in_russian_has_cyrillic_text_kpis_tables_and_page_numbers(
     for user_id in {a.user_id for a in chosen}:
         assert school.students[user_id].display_name in text
     assert "Уравнения" not in text  # filtered out
-    fonts = reader.pages[0]["/Resources"]["/Font"]
+    resources: Any = reader.pages[0]["/Resources"]
+    fonts = resources["/Font"]
     names = {str(fonts[f].get_object()["/BaseFont"]) for f in fonts}
     assert any("PTSans" in name for name in names), names
 

@@ -232,6 +232,9 @@ def produce(
         group_name: str | None = None
         try:
             key = export_key(settings.storage.prefix, job.group_id, str(job.id), job.format)
+        except ValueError as error:  # a group id that cannot be a storage path segment
+            return _fail(conn, settings, job, f"cannot export: {error}")
+        try:
             with (
                 tempfile.TemporaryDirectory(prefix="export-") as tmp,
                 _Heartbeat(url, job, settings.exports.lease_seconds),
@@ -243,10 +246,10 @@ def produce(
                     group_name = _render(conn, job, path)
                 _upload(store, key, path)
         except StorageError as error:
-            return _fail(conn, settings, job, f"storage unreachable: {error}", group_name)
+            return _fail(conn, settings, job, f"storage unavailable: {error}", group_name)
         except content.GroupNotVisible as error:
             return _fail(conn, settings, job, f"cannot export: {error}", group_name)
-        except (TooManyRows, ValueError) as error:
+        except TooManyRows as error:
             return _fail(conn, settings, job, f"cannot export: {error}", group_name)
         except psycopg.OperationalError:
             raise  # the database is gone: the lease runs out and the export is retaken
