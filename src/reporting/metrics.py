@@ -20,6 +20,10 @@ analytics_worker_ticks_total = Counter(
 reporting_worker_last_success_timestamp_seconds = Gauge(
     "reporting_worker_last_success_timestamp_seconds", "When the last successful tick finished."
 )
+reporting_worker_skipped_ticks_total = Counter(
+    "reporting_worker_skipped_ticks_total",
+    "Ticks skipped because another analytics worker held the lock.",
+)
 
 # Export worker
 export_worker_ticks_total = Counter(

@@ -95,6 +95,8 @@ class WorkerSettings(BaseSettings):
     interval_secs: float = Field(default=3600, gt=0, alias="REPORTING_WORKER_INTERVAL_SECS")
     enable_live_updates: bool = Field(default=False, alias="REPORTING_ENABLE_LIVE_UPDATES")
     leaderboard_size: int = Field(default=100, ge=1, le=10_000, alias="REPORTING_LEADERBOARD_SIZE")
+    # How long a tick's swap waits for its table locks before failing (and retrying next tick).
+    lock_timeout_secs: float = Field(default=30, gt=0, alias="REPORTING_WORKER_LOCK_TIMEOUT_SECS")
 
 
 class ExportSettings(BaseSettings):

@@ -92,11 +92,13 @@ CREATE TABLE leaderboards (
     PRIMARY KEY (scope, scope_id)
 );
 
+-- json, not jsonb: documents served whole and never queried inside. At 10M attempts a tick writes
+-- ~11M levels/topics entries; jsonb's binary conversion alone cost ~8 s of CPU per tick.
 CREATE TABLE progress_summary (
     user_id          text COLLATE "C" PRIMARY KEY,
-    totals           jsonb NOT NULL,
-    levels           jsonb NOT NULL,
-    topics           jsonb NOT NULL,
+    totals           json NOT NULL,
+    levels           json NOT NULL,
+    topics           json NOT NULL,
     last_activity_at timestamptz,
     computed_at      timestamptz NOT NULL
 );

@@ -1,0 +1,767 @@
+"""One analytics tick: every derived record recomputed inside PostgreSQL, then swapped in at once.
+
+`tick(conn, settings)` rewrites `materialized_stats`, `leaderboards` and `progress_summary` from
+all attempts (CONTRACT §2). Python only orchestrates; every row is computed by set-based SQL.
+
+How a tick runs, and why (measured at 10M attempts on 2 cores; see bench/bench_tick.py):
+
+1. Per-user pass, split over two sessions by `user_key mod 2` (the second session is a helper
+   connection; both import one exported snapshot, so the tick sees attempts as of one instant).
+   Each half makes ONE sorted pass over attempts that yields three grains at once, as a rollup
+   chain shares one sort: (user, level, topic, group), (user, level, topic), (user, level). The
+   synthetic school has ~9M distinct (user, topic) pairs for 10M attempts, so this pass, not the
+   scan, is the cost; a second big GROUP BY would double it. Everything per user follows from
+   those rows: per (user, group, level) and (user, group), per-user totals, the user's
+   progress_summary document, partial KPI sums of every scope over the half's users, and the
+   half's leaderboard candidates (its top N of every board).
+2. Scopes: the halves' partial sums are added up (group_topic in one session, the rest and the
+   leaderboards in the other). A mean over users merges exactly as (sum of the halves' sums) /
+   (sum of their user counts). Leaderboards merge the halves' top N: a user with a strictly
+   greater score than any final top-N member precedes it in the order, so is in its half's top N
+   too; ranks computed over the merged candidates are therefore the board's true ranks.
+3. Swap: one short transaction deletes the previous rows and inserts the staged ones (MVCC:
+   readers keep seeing the previous tick until the commit, and are never blocked), marks the
+   tick a success and sends `NOTIFY stats_changed` in that same transaction.
+
+Staging lives in UNLOGGED tables in three schemas of the tick's own (`reporting_tick_{id}`,
+`…_0`, `…_1`; a search_path picks the half), dropped when the tick ends. A worker that was killed
+leaves them behind; `discard_abandoned` (called by the worker loop under its lock) drops them.
+
+Choices the contract leaves open:
+- Every user in the directory gets a progress_summary; one without attempts gets zero totals,
+  empty `levels`/`topics` and a null `last_activity_at` (so "no attempts yet" is stated, with the
+  tick's `computed_at`, rather than left to a missing row).
+- `levels[]` are ordered by level position, then level id; `topics[]` by their level's position
+  and id, then topic id. Every entry carries `level_id`; topic entries also `topic_id`.
+- Every group, level and topic of the directory gets a materialized_stats row and (groups and
+  levels) a leaderboard, empty when nobody has attempts there; the global board always exists.
+- Attempts are taken as stored: ingestion validates their references. Only users present in the
+  directory get a summary and a place on a board.
+"""
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import LiteralString, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from reporting.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "stats_changed"
+STAGE_PREFIX = "reporting_tick_"
+HALVES = 2
+LEADERBOARD_TTL_HOURS = 24
+
+# Only the per-user pass gets a large work_mem: its sort holds ~5M rows per half. A large global
+# work_mem made the planner pick slower plans elsewhere (NOTES.md).
+_ROLLUP_WORK_MEM = "512MB"
+_SESSION_SETTINGS: Mapping[str, str] = {
+    "work_mem": "128MB",
+    # Both cores are already busy with the two halves; parallel workers would only contend.
+    "max_parallel_workers_per_gather": "0",
+    # JSON numbers are written with float8out: 1 = shortest text that reads back exactly.
+    "extra_float_digits": "1",
+    "jit": "off",
+}
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@dataclass(frozen=True, slots=True)
+class TickResult:
+    """What one successful tick wrote; `durations` are seconds per phase."""
+
+    tick_id: int
+    computed_at: datetime
+    attempts: int
+    users_with_attempts: int
+    stats: dict[str, int]
+    leaderboards: int
+    progress_summaries: int
+    durations: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.durations.values())
+
+
+# --- staging ----------------------------------------------------------------------------------
+
+# Shared by both halves and the scope phase: directory order and JSON heads (views, so each
+# query reads them in its own snapshot) and two JSON builders. The builders are single-expression
+# SQL functions, which the planner inlines; text concatenation is several times cheaper than
+# json_build_object per entry, and entries number ~11M at 10M attempts. Ingestion refuses NaN and
+# infinite scores, so every number prints as a JSON number.
+_SETUP = """
+CREATE VIEW topic_info AS
+SELECT t.key AS topic_key,
+       row_number() OVER (ORDER BY l.position, l.id, t.id) AS ord,
+       concat('{"topic_id":', to_json(t.id), ',"level_id":', to_json(l.id), ',') AS head
+FROM topics t JOIN levels l ON l.key = t.level_key;
+
+CREATE VIEW level_info AS
+SELECT key AS level_key,
+       row_number() OVER (ORDER BY position, id) AS ord,
+       concat('{"level_id":', to_json(id), ',') AS head
+FROM levels;
+
+-- One totals/levels/topics entry of a progress_summary; `head` opens the object.
+CREATE FUNCTION progress_entry(
+    head text, attempts bigint, correct bigint, score float8, hints bigint, time_ms float8
+) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT concat(head, '"attempts":', attempts, ',"correct":', correct,
+                  ',"accuracy":', correct::float8 / attempts, ',"score":', score,
+                  ',"hints_used":', hints, ',"avg_time_seconds":', time_ms / 1000 / attempts, '}')
+$$;
+
+-- The KPIs of CONTRACT §2 from a scope's sums; a scope without attempts (NULLs from an outer
+-- join included) gets zeros.
+CREATE FUNCTION kpi(
+    attempts bigint, users bigint, sum_accuracy float8, sum_score float8,
+    hinted bigint, hints bigint, time_ms float8
+) RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN attempts > 0 THEN
+        concat('{"total_attempts":', attempts, ',"total_users":', users,
+               ',"avg_accuracy":', sum_accuracy / users, ',"avg_score":', sum_score / users,
+               ',"hint_usage_rate":', hinted::float8 / attempts,
+               ',"avg_hints":', hints::float8 / attempts,
+               ',"avg_time_seconds":', time_ms / 1000 / attempts, '}')::jsonb
+    ELSE '{"total_attempts": 0, "total_users": 0, "avg_accuracy": 0.0, "avg_score": 0.0,
+           "hint_usage_rate": 0.0, "avg_hints": 0.0, "avg_time_seconds": 0.0}'::jsonb
+    END
+$$;
+"""
+
+_ZERO_TOTALS = (
+    '{"attempts":0,"correct":0,"accuracy":0.0,"score":0.0,"hints_used":0,"avg_time_seconds":0.0}'
+)
+
+# --- phase 1: one half of the users, in its own session ------------------------------------------
+
+_ROLLUP_TABLE = """
+CREATE TABLE rollup (
+    grain     smallint NOT NULL,  -- 0: (user, level, topic, group)  1: (user, level, topic)  3: (user, level)
+    user_key  integer NOT NULL,
+    level_key integer NOT NULL,
+    topic_key integer,
+    group_key integer,
+    attempts  bigint NOT NULL,
+    correct   bigint NOT NULL,
+    score     float8 NOT NULL,
+    hints     bigint NOT NULL,
+    hinted    bigint NOT NULL,     -- attempts with hints_used > 0
+    time_ms   float8 NOT NULL,     -- exact: integers below 2^53
+    last_at   timestamptz NOT NULL
+) PARTITION BY LIST (grain);
+CREATE UNLOGGED TABLE rollup_0 PARTITION OF rollup FOR VALUES IN (0);
+CREATE UNLOGGED TABLE rollup_1 PARTITION OF rollup FOR VALUES IN (1);
+CREATE UNLOGGED TABLE rollup_3 PARTITION OF rollup FOR VALUES IN (3);
+"""
+
+# The one pass over attempts. ROLLUP (topic, group) within (user, level) is a chain of grouping
+# sets, computed from a single sort; the partitions keep each grain's later readers from
+# scanning the other grains.
+_ROLLUP = """
+INSERT INTO rollup
+SELECT grouping(a.topic_key, a.group_key), a.user_key, t.level_key, a.topic_key, a.group_key,
+       count(*), count(*) FILTER (WHERE a.is_correct), sum(a.score), sum(a.hints_used),
+       count(*) FILTER (WHERE a.hints_used > 0), sum(a.time_spent_ms::float8),
+       max(a.attempted_at)
+FROM attempts a JOIN topics t ON t.key = a.topic_key
+WHERE mod(a.user_key, %(halves)s) = %(half)s
+GROUP BY a.user_key, t.level_key, ROLLUP (a.topic_key, a.group_key)
+"""
+
+# Per (user, group, level) (grain 0) and per (user, group) (grain 1).
+_USER_GROUP_LEVEL = """
+CREATE UNLOGGED TABLE user_group_level AS
+SELECT grouping(level_key) AS grain, user_key, group_key, level_key,
+       sum(attempts)::bigint AS attempts, sum(correct)::bigint AS correct, sum(score) AS score,
+       sum(hints)::bigint AS hints, sum(hinted)::bigint AS hinted, sum(time_ms) AS time_ms
+FROM rollup WHERE grain = 0
+GROUP BY user_key, group_key, ROLLUP (level_key)
+"""
+
+_USER_TOTALS = """
+CREATE UNLOGGED TABLE user_totals AS
+SELECT user_key, sum(attempts)::bigint AS attempts, sum(correct)::bigint AS correct,
+       sum(score) AS score, sum(hints)::bigint AS hints, sum(hinted)::bigint AS hinted,
+       sum(time_ms) AS time_ms, max(last_at) AS last_at
+FROM rollup WHERE grain = 3
+GROUP BY user_key
+"""
+
+# Partial KPI sums of every scope over this half's users; each input row is one user in the scope.
+_PARTIALS = """
+CREATE UNLOGGED TABLE partials AS
+SELECT 'group_topic' AS type, group_key AS key_1, topic_key AS key_2,
+       sum(attempts)::bigint AS attempts, count(*) AS users,
+       sum(correct::float8 / attempts) AS sum_accuracy, sum(score) AS sum_score,
+       sum(hinted)::bigint AS hinted, sum(hints)::bigint AS hints, sum(time_ms) AS time_ms
+FROM rollup WHERE grain = 0 GROUP BY group_key, topic_key
+UNION ALL
+SELECT 'topic', topic_key, NULL, sum(attempts)::bigint, count(*), sum(correct::float8 / attempts),
+       sum(score), sum(hinted)::bigint, sum(hints)::bigint, sum(time_ms)
+FROM rollup WHERE grain = 1 GROUP BY topic_key
+UNION ALL
+SELECT 'level', level_key, NULL, sum(attempts)::bigint, count(*), sum(correct::float8 / attempts),
+       sum(score), sum(hinted)::bigint, sum(hints)::bigint, sum(time_ms)
+FROM rollup WHERE grain = 3 GROUP BY level_key
+UNION ALL
+SELECT 'group_level', group_key, level_key, sum(attempts)::bigint, count(*),
+       sum(correct::float8 / attempts), sum(score), sum(hinted)::bigint, sum(hints)::bigint,
+       sum(time_ms)
+FROM user_group_level WHERE grain = 0 GROUP BY group_key, level_key
+UNION ALL
+SELECT 'group', group_key, NULL, sum(attempts)::bigint, count(*), sum(correct::float8 / attempts),
+       sum(score), sum(hinted)::bigint, sum(hints)::bigint, sum(time_ms)
+FROM user_group_level WHERE grain = 1 GROUP BY group_key
+"""
+
+# This half's top N of every board, in the board's order (score, accuracy, user id).
+_CANDIDATES = """
+CREATE UNLOGGED TABLE candidates AS
+SELECT scope, scope_key, user_id, display_name, score, accuracy, attempts
+FROM (
+    SELECT p.scope, p.scope_key, u.id AS user_id, u.display_name, p.score,
+           p.correct::float8 / p.attempts AS accuracy, p.attempts,
+           row_number() OVER (PARTITION BY p.scope, p.scope_key
+                              ORDER BY p.score DESC, p.correct::float8 / p.attempts DESC, u.id)
+               AS position
+    FROM (
+        SELECT 'global' AS scope, 0 AS scope_key, user_key, attempts, correct, score
+        FROM user_totals
+        UNION ALL
+        SELECT 'group', group_key, user_key, attempts, correct, score
+        FROM user_group_level WHERE grain = 1
+        UNION ALL
+        SELECT 'level', level_key, user_key, attempts, correct, score
+        FROM rollup WHERE grain = 3
+    ) p
+    JOIN users u ON u.key = p.user_key
+) ranked
+WHERE position <= %(size)s
+"""
+
+# The progress_summary documents of this half's users (all of them: see the module docstring).
+_PROGRESS = """
+CREATE UNLOGGED TABLE progress AS
+SELECT u.id AS user_id,
+       -- concat() reads NULL as '': test for "no attempts" rather than coalescing the entry
+       CASE WHEN t.user_key IS NULL THEN %(zero_totals)s
+            ELSE progress_entry('{', t.attempts, t.correct, t.score, t.hints, t.time_ms)
+       END::json AS totals,
+       coalesce(l.entries, '[]')::json AS levels,
+       coalesce(tp.entries, '[]')::json AS topics,
+       t.last_at AS last_activity_at
+FROM users u
+LEFT JOIN user_totals t ON t.user_key = u.key
+LEFT JOIN (
+    SELECT r.user_key,
+           '[' || string_agg(progress_entry(i.head, r.attempts, r.correct, r.score, r.hints,
+                                            r.time_ms), ',' ORDER BY i.ord) || ']' AS entries
+    FROM rollup r JOIN level_info i ON i.level_key = r.level_key
+    WHERE r.grain = 3
+    GROUP BY r.user_key
+) l ON l.user_key = u.key
+LEFT JOIN (
+    SELECT r.user_key,
+           '[' || string_agg(progress_entry(i.head, r.attempts, r.correct, r.score, r.hints,
+                                            r.time_ms), ',' ORDER BY i.ord) || ']' AS entries
+    FROM rollup r JOIN topic_info i ON i.topic_key = r.topic_key
+    WHERE r.grain = 1
+    GROUP BY r.user_key
+) tp ON tp.user_key = u.key
+WHERE mod(u.key, %(halves)s) = %(half)s
+"""
+
+_HALF_STEPS: tuple[tuple[str, LiteralString], ...] = (
+    ("rollup", _ROLLUP),
+    ("user_group_level", _USER_GROUP_LEVEL),
+    ("user_totals", _USER_TOTALS),
+    ("partials", _PARTIALS),
+    ("candidates", _CANDIDATES),
+    ("progress", _PROGRESS),
+)
+
+# --- phase 2: scopes over both halves --------------------------------------------------------------
+
+_HALF_VIEWS = ("partials", "candidates", "progress", "user_totals")
+
+_MERGED = """
+SELECT key_1, key_2, sum(attempts)::bigint AS attempts, sum(users)::bigint AS users,
+       sum(sum_accuracy) AS sum_accuracy, sum(sum_score) AS sum_score,
+       sum(hinted)::bigint AS hinted, sum(hints)::bigint AS hints, sum(time_ms) AS time_ms
+FROM partials WHERE type = %(type)s
+GROUP BY key_1, key_2
+"""
+
+_STATS_GROUP_TOPIC = (
+    """
+CREATE UNLOGGED TABLE stats_group_topic AS
+SELECT 'group_topic' AS type, g.id || ':' || t.id AS entity_id, g.id AS group_id,
+       kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
+           AS metrics
+FROM ("""
+    + _MERGED
+    + """) m
+JOIN groups g ON g.key = m.key_1
+JOIN topics t ON t.key = m.key_2
+"""
+)
+
+# Every group, level and topic of the directory; group_level pairs with attempts only.
+_STATS_OTHER = """
+CREATE UNLOGGED TABLE stats_other AS
+WITH merged AS (
+    SELECT type, key_1, key_2, sum(attempts)::bigint AS attempts, sum(users)::bigint AS users,
+           sum(sum_accuracy) AS sum_accuracy, sum(sum_score) AS sum_score,
+           sum(hinted)::bigint AS hinted, sum(hints)::bigint AS hints, sum(time_ms) AS time_ms
+    FROM partials WHERE type <> 'group_topic'
+    GROUP BY type, key_1, key_2
+)
+SELECT 'group' AS type, g.id AS entity_id, g.id AS group_id,
+       kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
+           AS metrics
+FROM groups g LEFT JOIN merged m ON m.type = 'group' AND m.key_1 = g.key
+UNION ALL
+SELECT 'level', l.id, NULL,
+       kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
+FROM levels l LEFT JOIN merged m ON m.type = 'level' AND m.key_1 = l.key
+UNION ALL
+SELECT 'topic', t.id, NULL,
+       kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
+FROM topics t LEFT JOIN merged m ON m.type = 'topic' AND m.key_1 = t.key
+UNION ALL
+SELECT 'group_level', g.id || ':' || l.id, g.id,
+       kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
+FROM merged m
+JOIN groups g ON g.key = m.key_1
+JOIN levels l ON l.key = m.key_2
+WHERE m.type = 'group_level'
+"""
+
+# rank = 1 + users with a strictly greater score (1, 2, 2, 4): rank() over score alone.
+_BOARDS = """
+CREATE UNLOGGED TABLE boards AS
+WITH ranked AS (
+    SELECT c.*,
+           rank() OVER (PARTITION BY scope, scope_key ORDER BY score DESC) AS rank,
+           row_number() OVER (PARTITION BY scope, scope_key
+                              ORDER BY score DESC, accuracy DESC, user_id) AS position
+    FROM candidates c
+),
+board AS (
+    SELECT scope, scope_key,
+           jsonb_agg(jsonb_build_object('rank', rank, 'user_id', user_id,
+                                        'display_name', display_name, 'score', score,
+                                        'accuracy', accuracy, 'attempts', attempts)
+                     ORDER BY position) AS rankings
+    FROM ranked WHERE position <= %(size)s
+    GROUP BY scope, scope_key
+)
+SELECT 'global' AS scope, 'global' AS scope_id,
+       coalesce((SELECT rankings FROM board WHERE scope = 'global'), '[]') AS rankings
+UNION ALL
+SELECT 'group', g.id, coalesce(b.rankings, '[]')
+FROM groups g LEFT JOIN board b ON b.scope = 'group' AND b.scope_key = g.key
+UNION ALL
+SELECT 'level', l.id, coalesce(b.rankings, '[]')
+FROM levels l LEFT JOIN board b ON b.scope = 'level' AND b.scope_key = l.key
+"""
+
+_COUNTS = """
+SELECT (SELECT coalesce(sum(attempts), 0) FROM user_totals),
+       (SELECT count(*) FROM user_totals),
+       (SELECT json_object_agg(type, n) FROM (
+            SELECT type, count(*) AS n FROM stats_other GROUP BY type
+            UNION ALL SELECT 'group_topic', count(*) FROM stats_group_topic) c),
+       (SELECT count(*) FROM boards),
+       (SELECT count(*) FROM progress)
+"""
+
+# --- phase 3: the swap ------------------------------------------------------------------------------
+
+_SWAP = (
+    # Every lock up front: if one is not granted within lock_timeout, nothing has been done yet.
+    "LOCK TABLE materialized_stats, leaderboards, progress_summary IN ROW EXCLUSIVE MODE",
+    "DELETE FROM materialized_stats",
+    """INSERT INTO materialized_stats (type, entity_id, group_id, metrics, computed_at)
+       SELECT type, entity_id, group_id, metrics, %(computed_at)s FROM stats_other
+       UNION ALL
+       SELECT type, entity_id, group_id, metrics, %(computed_at)s FROM stats_group_topic""",
+    # Replacing every board also deletes the expired ones (and boards of vanished scopes).
+    "DELETE FROM leaderboards",
+    """INSERT INTO leaderboards (scope, scope_id, rankings, computed_at, expires_at)
+       SELECT scope, scope_id, rankings, %(computed_at)s, %(expires_at)s FROM boards""",
+    "DELETE FROM progress_summary",
+    """INSERT INTO progress_summary (user_id, totals, levels, topics, last_activity_at, computed_at)
+       SELECT user_id, totals, levels, topics, last_activity_at, %(computed_at)s FROM progress""",
+)
+
+
+# --- the tick -----------------------------------------------------------------------------------
+
+
+def tick(conn: psycopg.Connection, settings: Settings) -> TickResult:
+    """Recompute every derived record and swap them in; on any error nothing derived changes.
+
+    `conn` must have owner rights and no open transaction; the tick commits its own steps and
+    opens one helper connection to the same database for the second half of the work. The tick
+    is recorded in worker_ticks (running, then success or error); an error is re-raised.
+    """
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise ValueError("tick() needs a connection outside any transaction")
+    tick_id = _begin(conn)
+    stage = _Stage(tick_id)
+    durations: dict[str, float] = {}
+    try:
+        with _timed(durations, "setup"), conn.transaction():
+            _create_stage(conn, stage)
+        with _helper_connection(conn) as helper:
+            with _timed(durations, "per_user"):
+                computed_at = _per_user_phase(conn, helper, stage, settings)
+            with _timed(durations, "scopes"):
+                _scope_phase(conn, helper, stage, settings)
+        with conn.transaction():
+            _use_stage(conn, stage.shared)
+            counts = _count(conn)
+        result = TickResult(
+            tick_id=tick_id,
+            computed_at=computed_at,
+            attempts=counts.attempts,
+            users_with_attempts=counts.users,
+            stats=counts.stats,
+            leaderboards=counts.leaderboards,
+            progress_summaries=counts.progress,
+            durations=durations,
+        )
+        with _timed(durations, "swap"):
+            _swap(conn, stage, settings, result)
+    except BaseException as error:
+        _record_error(conn, tick_id, error)
+        raise
+    finally:
+        _drop_stage(conn, stage)
+    return result
+
+
+def discard_abandoned(conn: psycopg.Connection) -> int:
+    """Drop staging left by killed workers and close their ticks as errors; returns how many.
+
+    Call only while holding the worker lock (no other tick can be running then).
+    """
+    with conn.transaction():
+        schemas = [
+            str(row[0])
+            for row in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (STAGE_PREFIX,)
+            )
+        ]
+        for schema in schemas:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        closed = conn.execute(
+            "UPDATE worker_ticks SET status = 'error', finished_at = clock_timestamp(),"
+            " error = 'abandoned: the worker stopped before the tick finished'"
+            " WHERE status = 'running'"
+        ).rowcount
+    if schemas or closed:
+        log.warning(
+            "discarded an abandoned tick",
+            extra={"stage_schemas": len(schemas), "ticks_closed": closed},
+        )
+    return closed
+
+
+# --- steps --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    """The schemas of one tick's staging: one shared, one per half."""
+
+    tick_id: int
+
+    @property
+    def shared(self) -> str:
+        return f"{STAGE_PREFIX}{self.tick_id}"
+
+    def half(self, half: int) -> str:
+        return f"{self.shared}_{half}"
+
+    @property
+    def schemas(self) -> list[str]:
+        return [self.shared, *(self.half(h) for h in range(HALVES))]
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    attempts: int
+    users: int
+    stats: dict[str, int]
+    leaderboards: int
+    progress: int
+
+
+def _begin(conn: psycopg.Connection) -> int:
+    with conn.transaction():
+        row = conn.execute(
+            "INSERT INTO worker_ticks (started_at, status, details)"
+            " VALUES (clock_timestamp(), 'running', %s) RETURNING id",
+            (json.dumps({"mode": "full", "backend_pid": conn.info.backend_pid}),),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _create_stage(conn: psycopg.Connection, stage: _Stage) -> None:
+    for schema in stage.schemas:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    _use_stage(conn, stage.shared)
+    conn.execute(_SETUP)
+
+
+def _use_stage(conn: psycopg.Connection, *schemas: str) -> None:
+    """Inside a transaction: resolve staging names in these schemas, then in public."""
+    path = ", ".join(sql.Identifier(s).as_string(conn) for s in (*schemas, "public"))
+    conn.execute("SELECT set_config('search_path', %s, true)", (path,))
+
+
+def _tune(conn: psycopg.Connection, **overrides: str) -> None:
+    """Inside a transaction: the tick's planner and output settings (SET LOCAL)."""
+    for name, value in {**_SESSION_SETTINGS, **overrides}.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
+def _per_user_phase(
+    conn: psycopg.Connection, helper: psycopg.Connection, stage: _Stage, settings: Settings
+) -> datetime:
+    """Both halves from one exported snapshot; returns that snapshot's time (the computed_at)."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        row = conn.execute("SELECT pg_export_snapshot(), now()").fetchone()
+        assert row is not None
+        snapshot, computed_at = str(row[0]), row[1]
+        # Imported here, before the halves start: an exported snapshot lives only while the
+        # exporting transaction is open.
+        helper.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        helper.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+
+        def helper_half() -> None:
+            _half(helper, stage, 1, settings)
+            helper.commit()
+
+        _in_parallel(conn, helper, lambda: _half(conn, stage, 0, settings), helper_half)
+    assert isinstance(computed_at, datetime)
+    return computed_at
+
+
+def _half(conn: psycopg.Connection, stage: _Stage, half: int, settings: Settings) -> None:
+    """Inside the caller's transaction: every per-user table of one half of the users."""
+    _use_stage(conn, stage.half(half), stage.shared)
+    _tune(conn, work_mem=_ROLLUP_WORK_MEM)
+    conn.execute(_ROLLUP_TABLE)
+    params = {
+        "half": half,
+        "halves": HALVES,
+        "size": settings.worker.leaderboard_size,
+        "zero_totals": _ZERO_TOTALS,
+    }
+    for name, statement in _HALF_STEPS:
+        started = time.perf_counter()
+        conn.execute(statement, params)
+        if name == "rollup":
+            _tune(conn)
+        log.debug(
+            "tick step",
+            extra={"step": name, "half": half, "seconds": round(time.perf_counter() - started, 3)},
+        )
+
+
+def _scope_phase(
+    conn: psycopg.Connection, helper: psycopg.Connection, stage: _Stage, settings: Settings
+) -> None:
+    with conn.transaction():
+        _use_stage(conn, stage.shared)
+        for name in _HALF_VIEWS:
+            halves = sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT * FROM {}").format(sql.Identifier(stage.half(h), name))
+                for h in range(HALVES)
+            )
+            conn.execute(sql.SQL("CREATE VIEW {} AS ").format(sql.Identifier(name)) + halves)
+    params = {"size": settings.worker.leaderboard_size, "type": "group_topic"}
+
+    def group_topics() -> None:
+        with conn.transaction():
+            _use_stage(conn, stage.shared)
+            _tune(conn)
+            conn.execute(_STATS_GROUP_TOPIC, params)
+
+    def the_rest() -> None:
+        _use_stage(helper, stage.shared)
+        _tune(helper)
+        helper.execute(_STATS_OTHER)
+        helper.execute(_BOARDS, params)
+        helper.commit()
+
+    _in_parallel(conn, helper, group_topics, the_rest)
+
+
+def _count(conn: psycopg.Connection) -> _Counts:
+    row = conn.execute(_COUNTS).fetchone()
+    assert row is not None
+    attempts, users, stats, boards, progress = row
+    return _Counts(
+        attempts=int(attempts),
+        users=int(users),
+        stats={str(k): int(v) for k, v in (stats or {}).items()},
+        leaderboards=int(boards),
+        progress=int(progress),
+    )
+
+
+def _swap(conn: psycopg.Connection, stage: _Stage, settings: Settings, result: TickResult) -> None:
+    """Replace the derived rows, close the tick and notify, all in one transaction."""
+    params = {
+        "computed_at": result.computed_at,
+        "expires_at": result.computed_at + timedelta(hours=LEADERBOARD_TTL_HOURS),
+    }
+    with conn.transaction():
+        _use_stage(conn, stage.shared)
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, true)",
+            (f"{int(settings.worker.lock_timeout_secs * 1000)}ms",),
+        )
+        for statement in _SWAP:
+            conn.execute(statement, params)
+        details = _details(result)
+        conn.execute(
+            "UPDATE worker_ticks SET status = 'success', finished_at = clock_timestamp(),"
+            " details = details || %s::jsonb"
+            " || jsonb_build_object('durations', %s::jsonb || jsonb_build_object("
+            "     'swap', extract(epoch FROM clock_timestamp() - now())::float8))"
+            " WHERE id = %s",
+            (json.dumps(details), json.dumps(result.durations), result.tick_id),
+        )
+        conn.execute(
+            "SELECT pg_notify(%s, %s)",
+            (NOTIFY_CHANNEL, json.dumps({"tick_id": result.tick_id, "group_ids": None})),
+        )
+
+
+def _details(result: TickResult) -> dict[str, object]:
+    return {
+        "attempts": result.attempts,
+        "users_with_attempts": result.users_with_attempts,
+        "materialized_stats": result.stats,
+        "leaderboards": result.leaderboards,
+        "progress_summary": result.progress_summaries,
+        "computed_at": result.computed_at.isoformat(),
+    }
+
+
+def _record_error(conn: psycopg.Connection, tick_id: int, error: BaseException) -> None:
+    message = f"{type(error).__name__}: {error}".strip()[:2000]
+    try:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.rollback()
+        with conn.transaction():
+            conn.execute(
+                "UPDATE worker_ticks SET status = 'error', finished_at = clock_timestamp(),"
+                " error = %s WHERE id = %s",
+                (message, tick_id),
+            )
+    except psycopg.Error as failure:
+        # The connection itself may be gone; the next worker run closes the tick as abandoned.
+        log.warning(
+            "could not record the failed tick", extra={"tick_id": tick_id, "error": str(failure)}
+        )
+
+
+def _drop_stage(conn: psycopg.Connection, stage: _Stage) -> None:
+    try:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.rollback()
+        with conn.transaction():
+            for schema in stage.schemas:
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                )
+    except psycopg.Error as failure:
+        log.warning(
+            "could not drop the tick's staging",
+            extra={"tick_id": stage.tick_id, "error": str(failure)},
+        )
+
+
+# --- plumbing -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _helper_connection(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """A second session on the same database, for the other half of the work."""
+    with psycopg.connect(
+        conn.info.dsn,
+        password=conn.info.password,
+        application_name="reporting-worker-helper",
+    ) as helper:
+        yield helper
+
+
+@contextmanager
+def _timed(durations: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        durations[name] = round(time.perf_counter() - started, 3)
+
+
+def _in_parallel(
+    conn: psycopg.Connection,
+    helper: psycopg.Connection,
+    on_conn: Callable[[], T],
+    on_helper: Callable[[], U],
+) -> tuple[T, U]:
+    """Run `on_helper` in a thread (on `helper`) while `on_conn` runs here (on `conn`).
+
+    psycopg releases the GIL while a statement runs, so the two really overlap. When one side
+    fails, the other side's running statement is cancelled and the first failure is raised.
+    """
+    lock = threading.Lock()
+    conn_busy = True
+
+    def cancel_conn_on_failure(done: Future[U]) -> None:
+        if done.exception() is not None:
+            with lock:
+                if conn_busy:
+                    conn.cancel_safe()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tick-helper") as pool:
+        future = pool.submit(on_helper)
+        future.add_done_callback(cancel_conn_on_failure)
+        try:
+            mine = on_conn()
+        except BaseException as error:
+            with lock:
+                conn_busy = False
+            helper.cancel_safe()
+            helper_error = future.exception()  # waits for the helper to stop
+            if helper_error is not None and isinstance(error, psycopg.errors.QueryCanceled):
+                raise helper_error from error  # we were cancelled because the helper failed
+            raise
+        with lock:
+            conn_busy = False
+        return mine, future.result()

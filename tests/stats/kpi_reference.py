@@ -1,0 +1,213 @@
+"""The derived records of CONTRACT §2 computed naively in plain Python, to check the SQL against.
+
+Written from the contract's definitions, not from the SQL: every scope filters the raw attempts
+afresh and groups them by user; no partial sums, no halves, no merging. Slow and obvious on
+purpose. The orderings the contract leaves open follow the worker's documented choices
+(stats/aggregate.py): levels by (position, id), topics by (their level's position and id, topic
+id), every directory user with a summary (zero totals without attempts).
+"""
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from tests.builders import Attempt
+
+METRIC_KEYS = frozenset(
+    {
+        "total_attempts",
+        "total_users",
+        "avg_accuracy",
+        "avg_score",
+        "hint_usage_rate",
+        "avg_hints",
+        "avg_time_seconds",
+    }
+)
+PROGRESS_KEYS = frozenset(
+    {"attempts", "correct", "accuracy", "score", "hints_used", "avg_time_seconds"}
+)
+
+
+@dataclass(frozen=True)
+class Level:
+    id: str
+    position: int
+
+
+@dataclass(frozen=True)
+class Topic:
+    id: str
+    level_id: str
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    display_name: str
+    group_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class School:
+    groups: tuple[str, ...]
+    levels: tuple[Level, ...]
+    topics: tuple[Topic, ...]
+    users: tuple[User, ...]
+    attempts: tuple[Attempt, ...]
+
+    def level_of(self, topic_id: str) -> str:
+        return next(t.level_id for t in self.topics if t.id == topic_id)
+
+
+@dataclass(frozen=True)
+class StatRow:
+    group_id: str | None
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    rank: int
+    user_id: str
+    display_name: str
+    score: float
+    accuracy: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    totals: dict[str, float]
+    levels: list[dict[str, object]]
+    topics: list[dict[str, object]]
+    last_activity_at: object
+
+
+def _by_user(attempts: Iterable[Attempt]) -> dict[str, list[Attempt]]:
+    users: dict[str, list[Attempt]] = defaultdict(list)
+    for attempt in attempts:
+        users[attempt.user_id].append(attempt)
+    return users
+
+
+def metrics(attempts: list[Attempt]) -> dict[str, float]:
+    """The KPI table of CONTRACT §2 for one scope's attempts; 0 / 0.0 for an empty scope."""
+    if not attempts:
+        return {key: 0.0 for key in METRIC_KEYS}
+    users = _by_user(attempts)
+    n = len(attempts)
+    return {
+        "total_attempts": n,
+        "total_users": len(users),
+        "avg_accuracy": sum(sum(a.is_correct for a in mine) / len(mine) for mine in users.values())
+        / len(users),
+        "avg_score": sum(sum(a.score for a in mine) for mine in users.values()) / len(users),
+        "hint_usage_rate": sum(1 for a in attempts if a.hints_used > 0) / n,
+        "avg_hints": sum(a.hints_used for a in attempts) / n,
+        "avg_time_seconds": sum(a.time_spent_ms / 1000 for a in attempts) / n,
+    }
+
+
+def materialized_stats(school: School) -> dict[tuple[str, str], StatRow]:
+    """(type, entity_id) -> row, for every row the worker must write."""
+    rows: dict[tuple[str, str], StatRow] = {}
+    attempts = school.attempts
+    for group in school.groups:
+        mine = [a for a in attempts if a.group_id == group]
+        rows["group", group] = StatRow(group, metrics(mine))
+        for level in school.levels:
+            pair = [a for a in mine if school.level_of(a.topic_id) == level.id]
+            if pair:
+                rows["group_level", f"{group}:{level.id}"] = StatRow(group, metrics(pair))
+        for topic in school.topics:
+            pair = [a for a in mine if a.topic_id == topic.id]
+            if pair:
+                rows["group_topic", f"{group}:{topic.id}"] = StatRow(group, metrics(pair))
+    for level in school.levels:
+        mine = [a for a in attempts if school.level_of(a.topic_id) == level.id]
+        rows["level", level.id] = StatRow(None, metrics(mine))
+    for topic in school.topics:
+        mine = [a for a in attempts if a.topic_id == topic.id]
+        rows["topic", topic.id] = StatRow(None, metrics(mine))
+    return rows
+
+
+def _board(school: School, attempts: list[Attempt], size: int) -> list[Ranking]:
+    names = {u.id: u.display_name for u in school.users}
+    entries = []
+    for user_id, mine in _by_user(attempts).items():
+        score = sum(a.score for a in mine)
+        accuracy = sum(a.is_correct for a in mine) / len(mine)
+        entries.append((user_id, score, accuracy, len(mine)))
+    # score desc, accuracy desc, user_id asc (byte order: the ids are compared as COLLATE "C")
+    entries.sort(key=lambda e: e[0].encode())
+    entries.sort(key=lambda e: (-e[1], -e[2]))
+    return [
+        Ranking(
+            rank=1 + sum(1 for other in entries if other[1] > score),
+            user_id=user_id,
+            display_name=names[user_id],
+            score=score,
+            accuracy=accuracy,
+            attempts=count,
+        )
+        for user_id, score, accuracy, count in entries[:size]
+    ]
+
+
+def leaderboards(school: School, size: int) -> dict[tuple[str, str], list[Ranking]]:
+    """(scope, scope_id) -> rankings: global, every group, every level."""
+    boards = {("global", "global"): _board(school, list(school.attempts), size)}
+    for group in school.groups:
+        boards["group", group] = _board(
+            school, [a for a in school.attempts if a.group_id == group], size
+        )
+    for level in school.levels:
+        boards["level", level.id] = _board(
+            school, [a for a in school.attempts if school.level_of(a.topic_id) == level.id], size
+        )
+    return boards
+
+
+def _entry(attempts: list[Attempt], **ids: str) -> dict[str, object]:
+    n = len(attempts)
+    correct = sum(a.is_correct for a in attempts)
+    return {
+        **ids,
+        "attempts": n,
+        "correct": correct,
+        "accuracy": correct / n if n else 0.0,
+        "score": sum(a.score for a in attempts),
+        "hints_used": sum(a.hints_used for a in attempts),
+        "avg_time_seconds": sum(a.time_spent_ms / 1000 for a in attempts) / n if n else 0.0,
+    }
+
+
+def progress_summaries(school: School) -> dict[str, Summary]:
+    """user_id -> summary, for every user of the directory."""
+    levels = sorted(school.levels, key=lambda lv: (lv.position, lv.id.encode()))
+    level_rank = {lv.id: i for i, lv in enumerate(levels)}
+    topics = sorted(school.topics, key=lambda t: (level_rank[t.level_id], t.id.encode()))
+    summaries = {}
+    for user in school.users:
+        mine = [a for a in school.attempts if a.user_id == user.id]
+
+        def having(keep: Callable[[Attempt], bool], among: list[Attempt] = mine) -> list[Attempt]:
+            return [a for a in among if keep(a)]
+
+        summaries[user.id] = Summary(
+            totals=_entry(mine),  # type: ignore[arg-type]
+            levels=[
+                _entry(part, level_id=lv.id)
+                for lv in levels
+                if (part := having(lambda a, lv=lv: school.level_of(a.topic_id) == lv.id))
+            ],
+            topics=[
+                _entry(part, topic_id=t.id, level_id=t.level_id)
+                for t in topics
+                if (part := having(lambda a, t=t: a.topic_id == t.id))
+            ],
+            last_activity_at=max((a.attempted_at for a in mine), default=None),
+        )
+    return summaries
