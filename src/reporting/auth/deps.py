@@ -1,5 +1,6 @@
 """FastAPI dependencies: the caller's scope and the shared context, as Annotated aliases."""
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -39,9 +40,24 @@ class BearerScope(HTTPBearer):
         return scope
 
 
-get_scope = BearerScope(
-    auto_error=False, scheme_name="HTTPBearer", description="A JWT signed with the configured key."
-)
+@dataclass(frozen=True, slots=True)
+class Caller:
+    scope: Scope
+    context: AppContext
+
+
+class BearerCaller(BearerScope):
+    """The caller's Scope and the shared context as ONE dependency, for the hottest read routes
+    (GET /stats/*), where a second dependency costs a tenth of the answer's time."""
+
+    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
+        return Caller(await super().__call__(request), get_context(request))
+
+
+_BEARER = {"scheme_name": "HTTPBearer", "description": "A JWT signed with the configured key."}
+get_scope = BearerScope(auto_error=False, **_BEARER)
+get_caller = BearerCaller(auto_error=False, **_BEARER)
 
 Context = Annotated[AppContext, Depends(_context)]
 CurrentScope = Annotated[Scope, Depends(get_scope)]
+CurrentCaller = Annotated[Caller, Depends(get_caller)]

@@ -6,7 +6,7 @@ If-None-Match gets 304. The declared response models are what the bytes contain.
 
 from fastapi import APIRouter, Request, Response
 
-from reporting.auth.deps import Context, CurrentScope
+from reporting.auth.deps import CurrentCaller
 from reporting.stats import service
 from reporting.stats.cache import CachedBody
 from reporting.stats.schemas import (
@@ -85,10 +85,10 @@ def _json(cached: CachedBody, request: Request) -> Response:
     description="Levels are ordered by position; topics by their level's position, then name. "
     "Only levels and topics with at least one attempt in the group are listed.",
 )
-async def read_group_stats(
-    group_id: str, scope: CurrentScope, context: Context, request: Request
-) -> Response:
-    cached = await service.read_group(context.db, context.stats_cache, scope, group_id)
+async def read_group_stats(group_id: str, caller: CurrentCaller, request: Request) -> Response:
+    cached = await service.read_group(
+        caller.context.db, caller.context.stats_cache, caller.scope, group_id
+    )
     return _json(cached, request)
 
 
@@ -99,10 +99,10 @@ async def read_group_stats(
     summary="A learner's progress summary",
     description="For a teacher, `group_ids` lists only the teacher's groups of this learner.",
 )
-async def read_user_stats(
-    user_id: str, scope: CurrentScope, context: Context, request: Request
-) -> Response:
-    cached = await service.read_user(context.db, context.stats_cache, scope, user_id)
+async def read_user_stats(user_id: str, caller: CurrentCaller, request: Request) -> Response:
+    cached = await service.read_user(
+        caller.context.db, caller.context.stats_cache, caller.scope, user_id
+    )
     return _json(cached, request)
 
 
@@ -113,10 +113,10 @@ async def read_user_stats(
     summary="A topic's school-wide statistics and those of the caller's groups",
     description="`groups` is ordered by group id; a teacher sees only their own groups.",
 )
-async def read_topic_stats(
-    topic_id: str, scope: CurrentScope, context: Context, request: Request
-) -> Response:
-    cached = await service.read_topic(context.db, context.stats_cache, scope, topic_id)
+async def read_topic_stats(topic_id: str, caller: CurrentCaller, request: Request) -> Response:
+    cached = await service.read_topic(
+        caller.context.db, caller.context.stats_cache, caller.scope, topic_id
+    )
     return _json(cached, request)
 
 
@@ -127,10 +127,10 @@ async def read_topic_stats(
     summary="A level's school-wide statistics and those of the caller's groups",
     description="`groups` is ordered by group id; a teacher sees only their own groups.",
 )
-async def read_level_stats(
-    level_id: str, scope: CurrentScope, context: Context, request: Request
-) -> Response:
-    cached = await service.read_level(context.db, context.stats_cache, scope, level_id)
+async def read_level_stats(level_id: str, caller: CurrentCaller, request: Request) -> Response:
+    cached = await service.read_level(
+        caller.context.db, caller.context.stats_cache, caller.scope, level_id
+    )
     return _json(cached, request)
 
 
@@ -144,13 +144,10 @@ async def read_level_stats(
     "A scope other than global, group or level is 422.",
 )
 async def read_leaderboard(
-    scope: LeaderboardScope,
-    scope_id: str,
-    caller: CurrentScope,
-    context: Context,
-    request: Request,
+    scope: LeaderboardScope, scope_id: str, caller: CurrentCaller, request: Request
 ) -> Response:
+    context = caller.context
     cached = await service.read_leaderboard(
-        context.db, context.stats_cache, caller, scope, scope_id
+        context.db, context.stats_cache, caller.scope, scope, scope_id
     )
     return _json(cached, request)
