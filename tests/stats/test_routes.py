@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from reporting.errors import NotFound
+from reporting.stats import aggregate
 from reporting.stats.cache import (
     LISTENER_APPLICATION_NAME,
     CachedBody,
@@ -19,7 +20,9 @@ from reporting.stats.cache import (
     etag_of,
 )
 from tests.builders import (
+    Attempt,
     Ranking,
+    make_attempts,
     make_group,
     make_leaderboard,
     make_level,
@@ -673,3 +676,100 @@ def test_changed_groups_reads_the_payload_and_defaults_to_everything(
     payload: str, expected: list[str] | None
 ) -> None:
     assert changed_groups(payload) == expected
+
+
+# --- through a real tick of reporting-worker --------------------------------------------------------
+
+
+def _ticked_school(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        make_group(conn, "ga", "Группа А")
+        make_group(conn, "gb", "Группа Б")
+        make_level(conn, "l1", position=1)
+        make_topic(conn, "t1", "l1", "Дроби")
+        make_topic(conn, "t2", "l1", "Векторы")
+        make_user(conn, "a1", ["ga"], "Анна")
+        make_user(conn, "a2", ["ga"], "Алексей")
+        make_user(conn, "b1", ["gb"], "Борис")
+        make_attempts(
+            conn,
+            [
+                Attempt("a1", "ga", "t1", is_correct=True, score=1.0, time_spent_ms=1000),
+                Attempt(
+                    "a1", "ga", "t2", is_correct=False, score=0.5, hints_used=2, time_spent_ms=3000
+                ),
+                Attempt(
+                    "a2", "ga", "t1", is_correct=True, score=2.0, hints_used=1, time_spent_ms=2000
+                ),
+            ],
+        )
+
+
+def _tick(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        aggregate.tick(conn, make_settings(url))
+
+
+async def test_answers_after_a_real_tick_carry_the_contracts_numbers(
+    fresh_db_url: str, make_token: TokenFactory
+) -> None:
+    _ticked_school(fresh_db_url)
+    _tick(fresh_db_url)
+    teacher = _auth(make_token, "teacher", ["ga"])
+
+    async with api_client(make_settings(fresh_db_url), fresh_db_url) as client:
+        group = await client.get("/stats/groups/ga", headers=teacher)
+        empty = await client.get("/stats/groups/gb", headers=_auth(make_token, "admin"))
+        user = await client.get("/stats/users/a1", headers=teacher)
+        topic = await client.get("/stats/topics/t1", headers=teacher)
+        level = await client.get("/stats/levels/l1", headers=teacher)
+        board = await client.get("/stats/leaderboards/global/global", headers=teacher)
+
+    assert [r.status_code for r in (group, empty, user, topic, level, board)] == [200] * 6
+    page = group.json()
+    # a1: 2 attempts, 1 correct, score 1.5; a2: 1 attempt, 1 correct, score 2 (CONTRACT §2)
+    assert page["stats"]["metrics"] == {
+        "total_attempts": 3,
+        "total_users": 2,
+        "avg_accuracy": pytest.approx(0.75),
+        "avg_score": pytest.approx(1.75),
+        "hint_usage_rate": pytest.approx(2 / 3),
+        "avg_hints": pytest.approx(1.0),
+        "avg_time_seconds": pytest.approx(2.0),
+    }
+    assert [t["topic_id"] for t in page["topics"]] == ["t2", "t1"]  # by name: Векторы, Дроби
+    assert [lv["level_id"] for lv in page["levels"]] == ["l1"]
+    assert [(r["rank"], r["user_id"]) for r in page["leaderboard"]["rankings"]] == [
+        (1, "a2"),
+        (2, "a1"),
+    ]
+    assert empty.json()["stats"]["metrics"]["total_attempts"] == 0
+    assert user.json()["totals"]["attempts"] == 2
+    assert user.json()["group_ids"] == ["ga"]
+    assert [g["group_id"] for g in topic.json()["groups"]] == ["ga"]
+    assert topic.json()["stats"]["metrics"]["total_attempts"] == 2
+    assert level.json()["stats"]["metrics"]["total_users"] == 2
+    assert {r["user_id"] for r in board.json()["rankings"]} == {"a1", "a2"}
+
+
+async def test_a_real_ticks_notification_refreshes_the_cached_page(
+    fresh_db_url: str, make_token: TokenFactory
+) -> None:
+    _ticked_school(fresh_db_url)
+    _tick(fresh_db_url)
+    headers = _auth(make_token, "teacher", ["ga"])
+
+    async with api_client(make_settings(fresh_db_url), fresh_db_url) as client:
+
+        async def attempts() -> int:
+            response = await client.get("/stats/groups/ga", headers=headers)
+            return int(response.json()["stats"]["metrics"]["total_attempts"])
+
+        assert await attempts() == 3
+        with psycopg.connect(fresh_db_url) as conn:
+            make_attempts(conn, [Attempt("a2", "ga", "t2")])
+        assert await attempts() == 3, "no tick yet: the cached page stands"
+
+        await asyncio.to_thread(_tick, fresh_db_url)
+
+        assert await _until(lambda: _equals(attempts(), 4))
