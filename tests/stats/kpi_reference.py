@@ -8,7 +8,7 @@ id), every directory user with a summary (zero totals without attempts).
 """
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tests.builders import Attempt
@@ -78,7 +78,7 @@ class Ranking:
 
 @dataclass(frozen=True)
 class Summary:
-    totals: dict[str, float]
+    totals: dict[str, object]
     levels: list[dict[str, object]]
     topics: list[dict[str, object]]
     last_activity_at: object
@@ -192,21 +192,17 @@ def progress_summaries(school: School) -> dict[str, Summary]:
     summaries = {}
     for user in school.users:
         mine = [a for a in school.attempts if a.user_id == user.id]
-
-        def having(keep: Callable[[Attempt], bool], among: list[Attempt] = mine) -> list[Attempt]:
-            return [a for a in among if keep(a)]
-
+        per_level = {
+            lv.id: [a for a in mine if school.level_of(a.topic_id) == lv.id] for lv in levels
+        }
+        per_topic = {t.id: [a for a in mine if a.topic_id == t.id] for t in topics}
         summaries[user.id] = Summary(
-            totals=_entry(mine),  # type: ignore[arg-type]
-            levels=[
-                _entry(part, level_id=lv.id)
-                for lv in levels
-                if (part := having(lambda a, lv=lv: school.level_of(a.topic_id) == lv.id))
-            ],
+            totals=_entry(mine),
+            levels=[_entry(per_level[lv.id], level_id=lv.id) for lv in levels if per_level[lv.id]],
             topics=[
-                _entry(part, topic_id=t.id, level_id=t.level_id)
+                _entry(per_topic[t.id], topic_id=t.id, level_id=t.level_id)
                 for t in topics
-                if (part := having(lambda a, t=t: a.topic_id == t.id))
+                if per_topic[t.id]
             ],
             last_activity_at=max((a.attempted_at for a in mine), default=None),
         )
