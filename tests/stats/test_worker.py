@@ -262,3 +262,14 @@ def test_a_second_signal_cancels_the_tick(db: psycopg.Connection, fresh_db_url: 
     assert "analytics worker stopped by a second signal; the tick rolled back" in messages(logs)
     assert statuses(db) == ["success", "error"]
     assert stage_schemas(db) == []
+
+
+def test_a_busy_metrics_port_stops_the_worker_with_one_line(fresh_db_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, logs = finish(start(fresh_db_url, "--metrics-port", str(port)))
+    assert code == 2
+    errors = [e for e in logs if str(e.get("msg", "")).startswith("error:")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in str(errors[0]["msg"])

@@ -129,7 +129,13 @@ SELECT t.key AS topic_key, t.id AS topic_id, l.level_ord,
        concat('{"topic_id":', to_json(t.id), ',"level_id":', to_json(l.level_id), ',') AS head
 FROM topics t JOIN level_info l ON l.level_key = t.level_key;
 
-ANALYZE level_info, topic_info;
+-- The groups in two parts that are contiguous ranges of the group_topic keys ("{group}:{topic}"),
+-- so the scope phase can build the two parts in parallel and the swap still insert in key order.
+CREATE UNLOGGED TABLE group_info AS
+SELECT key AS group_key, id AS group_id, ntile(2) OVER (ORDER BY id || ':') AS part
+FROM groups;
+
+ANALYZE level_info, topic_info, group_info;
 
 -- One totals/levels/topics entry of a progress_summary; `head` opens the object.
 CREATE FUNCTION progress_entry(
@@ -241,6 +247,10 @@ UNION ALL
 SELECT 'group', group_key, NULL, sum(attempts)::bigint, count(*), sum(correct::float8 / attempts),
        sum(score), sum(hinted)::bigint, sum(hints)::bigint, sum(time_ms)
 FROM user_group WHERE grain = 3 GROUP BY group_key
+UNION ALL
+SELECT 'school', 0, NULL, sum(attempts)::bigint, count(*), sum(correct::float8 / attempts),
+       sum(score), sum(hinted)::bigint, sum(hints)::bigint, sum(time_ms)
+FROM rollup WHERE grain = 3
 """
 
 # Candidates for this half's boards (scope 0: global, 1: group, 2: level). rank() over (score,
@@ -324,21 +334,24 @@ _HALF_STEPS = (
 
 # --- phase 2: scopes over both halves --------------------------------------------------------------
 
-_HALF_VIEWS = ("partials", "candidates", "progress", "rollup")
+_HALF_VIEWS = ("partials", "candidates", "progress")
 
+# One part of the group_topic rows (see group_info), merged from the halves' partial sums.
 _STATS_GROUP_TOPIC = """
-CREATE UNLOGGED TABLE stats_group_topic AS
-SELECT 'group_topic' AS type, g.id || ':' || t.topic_id AS entity_id, g.id AS group_id,
+CREATE UNLOGGED TABLE {table} AS
+SELECT 'group_topic' AS type, g.group_id || ':' || t.topic_id AS entity_id, g.group_id,
        kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
            AS metrics
 FROM (
     SELECT key_1, key_2, sum(attempts)::bigint AS attempts, sum(users)::bigint AS users,
            sum(sum_accuracy) AS sum_accuracy, sum(sum_score) AS sum_score,
            sum(hinted)::bigint AS hinted, sum(hints)::bigint AS hints, sum(time_ms) AS time_ms
-    FROM partials WHERE type = 'group_topic'
+    FROM partials
+    WHERE type = 'group_topic'
+      AND key_1 IN (SELECT group_key FROM group_info WHERE part = {part})
     GROUP BY key_1, key_2
 ) m
-JOIN groups g ON g.key = m.key_1
+JOIN group_info g ON g.group_key = m.key_1
 JOIN topic_info t ON t.topic_ord = m.key_2
 ORDER BY entity_id  -- the swap inserts in primary-key order (see _SWAP)
 """
@@ -350,13 +363,13 @@ WITH merged AS (
     SELECT type, key_1, key_2, sum(attempts)::bigint AS attempts, sum(users)::bigint AS users,
            sum(sum_accuracy) AS sum_accuracy, sum(sum_score) AS sum_score,
            sum(hinted)::bigint AS hinted, sum(hints)::bigint AS hints, sum(time_ms) AS time_ms
-    FROM partials WHERE type <> 'group_topic'
+    FROM partials WHERE type NOT IN ('group_topic', 'school')
     GROUP BY type, key_1, key_2
 )
-SELECT 'group' AS type, g.id AS entity_id, g.id AS group_id,
+SELECT 'group' AS type, g.group_id AS entity_id, g.group_id,
        kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
            AS metrics
-FROM groups g LEFT JOIN merged m ON m.type = 'group' AND m.key_1 = g.key
+FROM group_info g LEFT JOIN merged m ON m.type = 'group' AND m.key_1 = g.group_key
 UNION ALL
 SELECT 'level', l.level_id, NULL,
        kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
@@ -366,10 +379,10 @@ SELECT 'topic', t.topic_id, NULL,
        kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
 FROM topic_info t LEFT JOIN merged m ON m.type = 'topic' AND m.key_1 = t.topic_ord
 UNION ALL
-SELECT 'group_level', g.id || ':' || l.level_id, g.id,
+SELECT 'group_level', g.group_id || ':' || l.level_id, g.group_id,
        kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
 FROM merged m
-JOIN groups g ON g.key = m.key_1
+JOIN group_info g ON g.group_key = m.key_1
 JOIN level_info l ON l.level_ord = m.key_2
 WHERE m.type = 'group_level'
 ORDER BY type, entity_id  -- the swap inserts in primary-key order (see _SWAP)
@@ -397,19 +410,21 @@ board AS (
 SELECT 'global' AS scope, 'global' AS scope_id,
        coalesce((SELECT rankings FROM board WHERE scope = 0), '[]') AS rankings
 UNION ALL
-SELECT 'group', g.id, coalesce(b.rankings, '[]')
-FROM groups g LEFT JOIN board b ON b.scope = 1 AND b.scope_key = g.key
+SELECT 'group', g.group_id, coalesce(b.rankings, '[]')
+FROM group_info g LEFT JOIN board b ON b.scope = 1 AND b.scope_key = g.group_key
 UNION ALL
 SELECT 'level', l.level_id, coalesce(b.rankings, '[]')
 FROM level_info l LEFT JOIN board b ON b.scope = 2 AND b.scope_key = l.level_ord
 """
 
 _COUNTS = """
-SELECT (SELECT coalesce(sum(attempts), 0) FROM rollup WHERE grain = 3),
-       (SELECT count(*) FROM rollup WHERE grain = 3),
+SELECT (SELECT coalesce(sum(attempts), 0) FROM partials WHERE type = 'school'),
+       (SELECT coalesce(sum(users), 0) FROM partials WHERE type = 'school'),
        (SELECT json_object_agg(type, n) FROM (
             SELECT type, count(*) AS n FROM stats_other GROUP BY type
-            UNION ALL SELECT 'group_topic', count(*) FROM stats_group_topic) c),
+            UNION ALL
+            SELECT 'group_topic', (SELECT count(*) FROM stats_group_topic_1)
+                                  + (SELECT count(*) FROM stats_group_topic_2)) c),
        (SELECT count(*) FROM boards),
        (SELECT count(*) FROM progress)
 """
@@ -426,7 +441,9 @@ _SWAP = (
     """INSERT INTO materialized_stats (type, entity_id, group_id, metrics, computed_at)
        SELECT type, entity_id, group_id, metrics, %(computed_at)s FROM stats_other
        UNION ALL
-       SELECT type, entity_id, group_id, metrics, %(computed_at)s FROM stats_group_topic""",
+       SELECT type, entity_id, group_id, metrics, %(computed_at)s FROM stats_group_topic_1
+       UNION ALL
+       SELECT type, entity_id, group_id, metrics, %(computed_at)s FROM stats_group_topic_2""",
     # Replacing every board also deletes the expired ones (and boards of vanished scopes).
     "DELETE FROM leaderboards",
     """INSERT INTO leaderboards (scope, scope_id, rankings, computed_at, expires_at)
@@ -632,22 +649,28 @@ def _scope_phase(
                 for h in range(HALVES)
             )
             conn.execute(sql.SQL("CREATE VIEW {} AS ").format(sql.Identifier(name)) + halves)
-    params = {"size": settings.worker.leaderboard_size, "type": "group_topic"}
+    params = {"size": settings.worker.leaderboard_size}
 
-    def group_topics() -> None:
+    def group_topics(session: psycopg.Connection, part: int) -> None:
+        _use_stage(session, stage.shared)
+        _tune(session)
+        session.execute(
+            sql.SQL(_STATS_GROUP_TOPIC).format(
+                table=sql.Identifier(f"stats_group_topic_{part}"), part=sql.Literal(part)
+            )
+        )
+
+    def first_part() -> None:
         with conn.transaction():
-            _use_stage(conn, stage.shared)
-            _tune(conn)
-            conn.execute(_STATS_GROUP_TOPIC, params)
+            group_topics(conn, 1)
 
-    def the_rest() -> None:
-        _use_stage(helper, stage.shared)
-        _tune(helper)
+    def second_part_and_the_rest() -> None:
+        group_topics(helper, 2)
         helper.execute(_STATS_OTHER)
         helper.execute(_BOARDS, params)
         helper.commit()
 
-    _in_parallel(conn, helper, group_topics, the_rest)
+    _in_parallel(conn, helper, first_part, second_part_and_the_rest)
 
 
 def _count(conn: psycopg.Connection) -> _Counts:

@@ -18,6 +18,7 @@ The loop owns everything around a tick: the schedule, the lock, metrics, logs an
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -61,7 +62,14 @@ def run(
         metrics.analytics_worker_ticks_total.labels(status)  # exported as 0 from the start
     server = None
     if metrics_port is not None:
-        server, _ = start_http_server(metrics_port, addr=metrics_host)
+        try:
+            server, _ = start_http_server(metrics_port, addr=metrics_host)
+        except OSError as error:
+            print(
+                f"error: cannot serve metrics on {metrics_host}:{metrics_port}: {error}",
+                file=sys.stderr,
+            )
+            return 2
         log.info("serving metrics", extra={"host": metrics_host, "port": metrics_port})
     stop = threading.Event()
     interval = settings.worker.interval_secs
