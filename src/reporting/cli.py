@@ -268,6 +268,7 @@ def _worker_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def reporting_worker(argv: Sequence[str] | None = None) -> int:
     from reporting.stats import worker
 
+    _exit_on_sigterm()  # until worker.run takes over the signals (e.g. during migrations)
     parser = _worker_parser("reporting-worker", "the analytics worker")
     parser.add_argument("--full", action="store_true", help="recompute everything from scratch")
     args = parser.parse_args(argv)
