@@ -152,7 +152,7 @@ def test_a_worker_killed_mid_swap_leaves_the_previous_results(
         psycopg.connect(fresh_db_url, autocommit=True) as watcher,
     ):
         hold_swap.execute("LOCK TABLE progress_summary IN SHARE MODE")
-        worker = start(fresh_db_url, "--once")
+        worker = start(fresh_db_url, "--once", "--full")
         wait_for_blocked(watcher, "LOCK TABLE materialized_stats%")
         # Let the swap delete and re-insert every derived row, then hold it before its COMMIT.
         hold_commit.execute("LOCK TABLE worker_ticks IN SHARE MODE")
@@ -242,7 +242,17 @@ def test_sigterm_during_a_tick_lets_it_finish(db: psycopg.Connection, fresh_db_u
     assert messages(logs)[-1] == "analytics worker stopped"
 
 
-def test_a_second_signal_cancels_the_tick(db: psycopg.Connection, fresh_db_url: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "blocked_at"),
+    [
+        (["--full"], "LOCK TABLE materialized_stats%"),  # the full tick's swap
+        ([], "%INSERT INTO progress_summary%"),  # the incremental tick's last step
+    ],
+    ids=["full", "incremental"],
+)
+def test_a_second_signal_cancels_the_tick(
+    db: psycopg.Connection, fresh_db_url: str, args: list[str], blocked_at: str
+) -> None:
     assert finish(start(fresh_db_url, "--once"))[0] == 0
     before = snapshot(db)
     make_attempts(db, [Attempt("u2", "g1", "t1", score=100.0)])
@@ -251,8 +261,8 @@ def test_a_second_signal_cancels_the_tick(db: psycopg.Connection, fresh_db_url: 
         psycopg.connect(fresh_db_url, autocommit=True) as watcher,
     ):
         blocker.execute("LOCK TABLE progress_summary IN SHARE MODE")
-        worker = start(fresh_db_url)
-        wait_for_blocked(watcher, "LOCK TABLE materialized_stats%")
+        worker = start(fresh_db_url, *args)
+        wait_for_blocked(watcher, blocked_at)
         worker.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         worker.send_signal(signal.SIGTERM)
@@ -262,6 +272,7 @@ def test_a_second_signal_cancels_the_tick(db: psycopg.Connection, fresh_db_url: 
     assert "analytics worker stopped by a second signal; the tick rolled back" in messages(logs)
     assert statuses(db) == ["success", "error"]
     assert stage_schemas(db) == []
+    assert db.execute("SELECT count(*) FROM attempt_queue").fetchone() == (1,)  # for the next tick
 
 
 def test_a_busy_metrics_port_stops_the_worker_with_one_line(fresh_db_url: str) -> None:

@@ -58,12 +58,13 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from reporting.settings import Settings
+from reporting.stats import state
+from reporting.stats.state import HALVES, state_tables
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "stats_changed"
 STAGE_PREFIX = "reporting_tick_"
-HALVES = 2
 LEADERBOARD_TTL_HOURS = 24
 
 # The per-user phase sorts and hashes ~5M rows per half: at 128MB its aggregates spilled to disk
@@ -100,6 +101,7 @@ class TickResult:
     leaderboards: int
     progress_summaries: int
     durations: dict[str, float] = field(default_factory=dict)
+    mode: str = "full"  # or "incremental" (stats/incremental.py): then the counts are what changed
 
     @property
     def seconds(self) -> float:
@@ -117,19 +119,25 @@ class TickResult:
 # json_agg over composite rows both look up each value's type per call (2x, 1.3x the time).
 # progress_entry is a single-expression SQL function, which the planner inlines. Ingestion
 # refuses NaN and infinite scores, so every number prints as a JSON number.
-_SETUP = """
-CREATE UNLOGGED TABLE level_info AS
+# The order of the progress documents' arrays; also used by incremental ticks (temp tables there).
+LEVEL_INFO: LiteralString = """
 SELECT key AS level_key, id AS level_id,
        row_number() OVER (ORDER BY position, id)::int AS level_ord,
        concat('{"level_id":', to_json(id), ',') AS head
-FROM levels;
+FROM levels
+"""
 
-CREATE UNLOGGED TABLE topic_info AS
+TOPIC_INFO: LiteralString = """
 SELECT t.key AS topic_key, t.id AS topic_id, l.level_ord,
        row_number() OVER (ORDER BY l.level_ord, t.id)::int AS topic_ord,
        concat('{"topic_id":', to_json(t.id), ',"level_id":', to_json(l.level_id), ',') AS head
-FROM topics t JOIN level_info l ON l.level_key = t.level_key;
+FROM topics t JOIN level_info l ON l.level_key = t.level_key
+"""
 
+_SETUP = (
+    "CREATE UNLOGGED TABLE level_info AS" + LEVEL_INFO + ";\n"
+    "CREATE UNLOGGED TABLE topic_info AS" + TOPIC_INFO + ";\n"
+    """
 -- The groups in two parts that are contiguous ranges of the group_topic keys ("{group}:{topic}"),
 -- so the scope phase can build the two parts in parallel and the swap still insert in key order.
 CREATE UNLOGGED TABLE group_info AS
@@ -137,33 +145,8 @@ SELECT key AS group_key, id AS group_id, ntile(2) OVER (ORDER BY id || ':') AS p
 FROM groups;
 
 ANALYZE level_info, topic_info, group_info;
-
--- One totals/levels/topics entry of a progress_summary; `head` opens the object.
-CREATE FUNCTION progress_entry(
-    head text, attempts bigint, correct bigint, score float8, hints bigint, time_ms float8
-) RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT concat(head, '"attempts":', attempts, ',"correct":', correct,
-                  ',"accuracy":', correct::float8 / attempts, ',"score":', score,
-                  ',"hints_used":', hints, ',"avg_time_seconds":', time_ms / 1000 / attempts, '}')
-$$;
-
--- The KPIs of CONTRACT §2 from a scope's sums; a scope without attempts (NULLs from an outer
--- join included) gets zeros. Built as text, like the progress entries.
-CREATE FUNCTION kpi(
-    attempts bigint, users bigint, sum_accuracy float8, sum_score float8,
-    hinted bigint, hints bigint, time_ms float8
-) RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN attempts > 0 THEN
-        concat('{"total_attempts":', attempts, ',"total_users":', users,
-               ',"avg_accuracy":', sum_accuracy / users, ',"avg_score":', sum_score / users,
-               ',"hint_usage_rate":', hinted::float8 / attempts,
-               ',"avg_hints":', hints::float8 / attempts,
-               ',"avg_time_seconds":', time_ms / 1000 / attempts, '}')::jsonb
-    ELSE '{"total_attempts": 0, "total_users": 0, "avg_accuracy": 0.0, "avg_score": 0.0,
-           "hint_usage_rate": 0.0, "avg_hints": 0.0, "avg_time_seconds": 0.0}'::jsonb
-    END
-$$;
 """
+)
 
 _ZERO_TOTALS = (
     '{"attempts":0,"correct":0,"accuracy":0,"score":0,"hints_used":0,"avg_time_seconds":0}'
@@ -204,7 +187,8 @@ SELECT grouping(i.level_ord, i.topic_ord)::smallint AS grain,
        a.user_key, a.group_key, i.level_ord, i.topic_ord,
        count(*) AS attempts, count(*) FILTER (WHERE a.is_correct) AS correct,
        sum(a.score) AS score, sum(a.hints_used) AS hints,
-       count(*) FILTER (WHERE a.hints_used > 0) AS hinted, sum(a.time_spent_ms::float8) AS time_ms
+       count(*) FILTER (WHERE a.hints_used > 0) AS hinted, sum(a.time_spent_ms::float8) AS time_ms,
+       max(a.attempted_at) AS last_at
 FROM attempts a JOIN topic_info i ON i.topic_key = a.topic_key
 WHERE a.user_key IN (SELECT user_key FROM multi_users)
 GROUP BY a.user_key, a.group_key, ROLLUP (i.level_ord, i.topic_ord)
@@ -214,12 +198,12 @@ GROUP BY a.user_key, a.group_key, ROLLUP (i.level_ord, i.topic_ord)
 _USER_GROUP = """
 CREATE VIEW user_group AS
 SELECT grain, user_key, group_min AS group_key, level_ord, topic_ord,
-       attempts, correct, score, hints, hinted, time_ms
+       attempts, correct, score, hints, hinted, time_ms, last_at
 FROM rollup r
 WHERE NOT EXISTS (SELECT 1 FROM multi_users m WHERE m.user_key = r.user_key)
 UNION ALL
 SELECT grain, user_key, group_key, level_ord, topic_ord, attempts, correct, score, hints, hinted,
-       time_ms
+       time_ms, last_at
 FROM multi
 """
 
@@ -287,7 +271,7 @@ CREATE UNLOGGED TABLE progress AS
 SELECT u.id AS user_id,
        -- concat() reads NULL as '': test for "no attempts" rather than coalescing the entry
        CASE WHEN t.user_key IS NULL THEN %(zero_totals)s
-            ELSE progress_entry('{', t.attempts, t.correct, t.score, t.hints, t.time_ms)
+            ELSE reporting_state.progress_entry('{', t.attempts, t.correct, t.score, t.hints, t.time_ms)
        END::json AS totals,
        coalesce(l.entries, '[]')::json AS levels,
        coalesce(tp.entries, '[]')::json AS topics,
@@ -296,7 +280,7 @@ FROM users u
 LEFT JOIN rollup t ON t.user_key = u.key AND t.grain = 3
 LEFT JOIN (
     SELECT r.user_key,
-           '[' || string_agg(progress_entry(i.head, r.attempts, r.correct, r.score, r.hints,
+           '[' || string_agg(reporting_state.progress_entry(i.head, r.attempts, r.correct, r.score, r.hints,
                                             r.time_ms), ',' ORDER BY r.level_ord) || ']' AS entries
     FROM rollup r JOIN level_info i ON i.level_ord = r.level_ord
     WHERE r.grain = 1
@@ -304,7 +288,7 @@ LEFT JOIN (
 ) l ON l.user_key = u.key
 LEFT JOIN (
     SELECT r.user_key,
-           '[' || string_agg(progress_entry(i.head, r.attempts, r.correct, r.score, r.hints,
+           '[' || string_agg(reporting_state.progress_entry(i.head, r.attempts, r.correct, r.score, r.hints,
                                             r.time_ms), ',' ORDER BY r.topic_ord) || ']' AS entries
     FROM rollup r JOIN topic_info i ON i.topic_ord = r.topic_ord
     WHERE r.grain = 0
@@ -333,6 +317,48 @@ _HALF_STEPS = (
     _Step("progress", _PROGRESS, analyze=False, work_mem="1GB"),
 )
 
+# The running sums the incremental ticks start from (stats/incremental.py), keyed by the stable
+# directory keys rather than this tick's ordinals. Taken from rows the half computed anyway; the
+# swap moves the tables into schema reporting_state whole, so nothing is copied twice.
+# Per (user, group, topic): what a new attempt adds to, and what a touched user's progress
+# document and group_topic/topic contributions are rebuilt from.
+_STATE_USER_TOPIC = """
+CREATE UNLOGGED TABLE {table} AS
+SELECT ug.user_key, ug.group_key, t.topic_key, ug.attempts, ug.correct, ug.score, ug.hints,
+       ug.hinted, ug.time_ms, ug.last_at
+FROM user_group ug JOIN topic_info t ON t.topic_ord = ug.topic_ord
+WHERE ug.grain = 0;
+CREATE UNIQUE INDEX {index} ON {table} (user_key, topic_key, group_key);
+"""
+
+# Per user and scope: 0 school (the global board, progress totals), 1 group, 2 level (their
+# boards), 3 group within a level. The partial index serves the boards' top-N reads.
+_STATE_USER_SCOPE = """
+CREATE UNLOGGED TABLE {table} AS
+SELECT 0::smallint AS scope, 0 AS key_1, 0 AS key_2, user_key, attempts, correct, score, hints,
+       hinted, time_ms, last_at
+FROM rollup WHERE grain = 3
+UNION ALL
+SELECT 1, group_key, 0, user_key, attempts, correct, score, hints, hinted, time_ms, last_at
+FROM user_group WHERE grain = 3
+UNION ALL
+SELECT 2, l.level_key, 0, r.user_key, r.attempts, r.correct, r.score, r.hints, r.hinted,
+       r.time_ms, r.last_at
+FROM rollup r JOIN level_info l ON l.level_ord = r.level_ord WHERE r.grain = 1
+UNION ALL
+SELECT 3, ug.group_key, l.level_key, ug.user_key, ug.attempts, ug.correct, ug.score, ug.hints,
+       ug.hinted, ug.time_ms, ug.last_at
+FROM user_group ug JOIN level_info l ON l.level_ord = ug.level_ord WHERE ug.grain = 1;
+CREATE UNIQUE INDEX {index} ON {table} (scope, key_1, key_2, user_key);
+CREATE INDEX {board_index} ON {table} (scope, key_1, score DESC) WHERE scope < 3;
+"""
+
+# In the per-user phase's snapshot: the queue rows that snapshot's attempts include.
+_CONSUMED = """
+CREATE UNLOGGED TABLE consumed AS SELECT seq FROM attempt_queue;
+CREATE UNLOGGED TABLE seen_directory AS SELECT directory_version FROM aggregate_state;
+"""
+
 # --- phase 2: scopes over both halves --------------------------------------------------------------
 
 _HALF_VIEWS = ("partials", "candidates", "progress")
@@ -341,7 +367,7 @@ _HALF_VIEWS = ("partials", "candidates", "progress")
 _STATS_GROUP_TOPIC = """
 CREATE UNLOGGED TABLE {table} AS
 SELECT 'group_topic' AS type, g.group_id || ':' || t.topic_id AS entity_id, g.group_id,
-       kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
+       reporting_state.kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
            AS metrics
 FROM (
     SELECT key_1, key_2, sum(attempts)::bigint AS attempts, sum(users)::bigint AS users,
@@ -368,25 +394,48 @@ WITH merged AS (
     GROUP BY type, key_1, key_2
 )
 SELECT 'group' AS type, g.group_id AS entity_id, g.group_id,
-       kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
+       reporting_state.kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
            AS metrics
 FROM group_info g LEFT JOIN merged m ON m.type = 'group' AND m.key_1 = g.group_key
 UNION ALL
 SELECT 'level', l.level_id, NULL,
-       kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
+       reporting_state.kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
 FROM level_info l LEFT JOIN merged m ON m.type = 'level' AND m.key_1 = l.level_ord
 UNION ALL
 SELECT 'topic', t.topic_id, NULL,
-       kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
+       reporting_state.kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
 FROM topic_info t LEFT JOIN merged m ON m.type = 'topic' AND m.key_1 = t.topic_ord
 UNION ALL
 SELECT 'group_level', g.group_id || ':' || l.level_id, g.group_id,
-       kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
+       reporting_state.kpi(m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms)
 FROM merged m
 JOIN group_info g ON g.group_key = m.key_1
 JOIN level_info l ON l.level_ord = m.key_2
 WHERE m.type = 'group_level'
 ORDER BY type, entity_id  -- the swap inserts in primary-key order (see _SWAP)
+"""
+
+# Every scope's sums by stable keys, for the incremental ticks (reporting_state.scope_sums).
+_SCOPE_SUMS = """
+CREATE UNLOGGED TABLE scope_sums AS
+SELECT m.type,
+       CASE m.type WHEN 'topic' THEN t.topic_key WHEN 'level' THEN l.level_key ELSE m.key_1 END
+           AS key_1,
+       coalesce(CASE m.type WHEN 'group_topic' THEN gt.topic_key
+                            WHEN 'group_level' THEN gl.level_key END, 0) AS key_2,
+       m.attempts, m.users, m.sum_accuracy, m.sum_score, m.hinted, m.hints, m.time_ms
+FROM (
+    SELECT type, key_1, key_2, sum(attempts)::bigint AS attempts, sum(users)::bigint AS users,
+           sum(sum_accuracy) AS sum_accuracy, sum(sum_score) AS sum_score,
+           sum(hinted)::bigint AS hinted, sum(hints)::bigint AS hints, sum(time_ms) AS time_ms
+    FROM partials WHERE type <> 'school'
+    GROUP BY type, key_1, key_2
+) m
+LEFT JOIN topic_info t ON m.type = 'topic' AND t.topic_ord = m.key_1
+LEFT JOIN level_info l ON m.type = 'level' AND l.level_ord = m.key_1
+LEFT JOIN topic_info gt ON m.type = 'group_topic' AND gt.topic_ord = m.key_2
+LEFT JOIN level_info gl ON m.type = 'group_level' AND gl.level_ord = m.key_2;
+CREATE UNIQUE INDEX scope_sums_key ON scope_sums (type, key_1, key_2);
 """
 
 # rank = 1 + users with a strictly greater score (1, 2, 2, 4): rank() over score alone.
@@ -471,12 +520,12 @@ def tick(conn: psycopg.Connection, settings: Settings) -> TickResult:
     stage = _Stage(tick_id)
     durations: dict[str, float] = {}
     try:
-        with _timed(durations, "setup"), conn.transaction():
+        with timed(durations, "setup"), conn.transaction():
             _create_stage(conn, stage)
         with _helper_connection(conn) as helper:
-            with _timed(durations, "per_user"):
+            with timed(durations, "per_user"):
                 computed_at = _per_user_phase(conn, helper, stage, settings)
-            with _timed(durations, "scopes"):
+            with timed(durations, "scopes"):
                 _scope_phase(conn, helper, stage, settings)
         with conn.transaction():
             _use_stage(conn, stage.shared)
@@ -491,7 +540,7 @@ def tick(conn: psycopg.Connection, settings: Settings) -> TickResult:
             progress_summaries=counts.progress,
             durations=durations,
         )
-        with _timed(durations, "swap"):
+        with timed(durations, "swap"):
             _swap(conn, stage, settings, result)
     except BaseException as error:
         _record_error(conn, tick_id, error)
@@ -582,7 +631,7 @@ def _use_stage(conn: psycopg.Connection, *schemas: str) -> None:
     conn.execute("SELECT set_config('search_path', %s, true)", (path,))
 
 
-def _tune(conn: psycopg.Connection, **overrides: str) -> None:
+def tune(conn: psycopg.Connection, **overrides: str) -> None:
     """Inside a transaction: the tick's planner and output settings (SET LOCAL)."""
     for name, value in {**_SESSION_SETTINGS, **overrides}.items():
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
@@ -597,6 +646,10 @@ def _per_user_phase(
         row = conn.execute("SELECT pg_export_snapshot(), now()").fetchone()
         assert row is not None
         snapshot, computed_at = str(row[0]), row[1]
+        # What this snapshot covers, for the swap: the queued attempts it already counts (those
+        # queued later stay for the next incremental tick) and the directory it saw.
+        _use_stage(conn, stage.shared)
+        conn.execute(_CONSUMED)
         # Imported here, before the halves start: an exported snapshot lives only while the
         # exporting transaction is open.
         helper.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -614,7 +667,7 @@ def _per_user_phase(
 def _half(conn: psycopg.Connection, stage: _Stage, half: int, settings: Settings) -> None:
     """Inside the caller's transaction: every per-user table of one half of the users."""
     _use_stage(conn, stage.half(half), stage.shared)
-    _tune(conn, work_mem=_PER_USER_WORK_MEM)
+    tune(conn, work_mem=_PER_USER_WORK_MEM)
     # The documents are compressed here, in parallel, and the swap copies them compressed. pglz
     # took ~4 s per half at 10M attempts; lz4 is several times faster where the server has it.
     conn.execute(
@@ -630,13 +683,35 @@ def _half(conn: psycopg.Connection, stage: _Stage, half: int, settings: Settings
     for step in _HALF_STEPS:
         started = time.perf_counter()
         if step.work_mem:
-            _tune(conn, work_mem=step.work_mem)
+            tune(conn, work_mem=step.work_mem)
         conn.execute(step.statement, params)
         if step.analyze:
             # Fresh tables have no statistics: without them the planner guessed 200 rows for
             # 50,000 users' JSON documents and hashed them as the small side of a join.
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(step.name)))
         _log_step(step.name, started, half=half)
+    started = time.perf_counter()
+    _stage_state(conn, half)
+    _log_step("state", started, half=half)
+
+
+def _stage_state(conn: psycopg.Connection, half: int) -> None:
+    """Inside the half's transaction: its part of the running sums (see _STATE_USER_TOPIC)."""
+    names = state_tables(half)
+    conn.execute("SELECT set_config('maintenance_work_mem', '512MB', true)")
+    conn.execute(
+        sql.SQL(_STATE_USER_TOPIC).format(
+            table=sql.Identifier(names.user_topic),
+            index=sql.Identifier(f"{names.user_topic}_key"),
+        )
+    )
+    conn.execute(
+        sql.SQL(_STATE_USER_SCOPE).format(
+            table=sql.Identifier(names.user_scope),
+            index=sql.Identifier(f"{names.user_scope}_key"),
+            board_index=sql.Identifier(f"{names.user_scope}_board"),
+        )
+    )
 
 
 def _scope_phase(
@@ -654,7 +729,7 @@ def _scope_phase(
 
     def group_topics(session: psycopg.Connection, part: int) -> None:
         _use_stage(session, stage.shared)
-        _tune(session)
+        tune(session)
         session.execute(
             sql.SQL(_STATS_GROUP_TOPIC).format(
                 table=sql.Identifier(f"stats_group_topic_{part}"), part=sql.Literal(part)
@@ -664,6 +739,7 @@ def _scope_phase(
     def first_part() -> None:
         with conn.transaction():
             group_topics(conn, 1)
+            conn.execute(_SCOPE_SUMS)
 
     def second_part_and_the_rest() -> None:
         group_topics(helper, 2)
@@ -695,7 +771,7 @@ def _swap(conn: psycopg.Connection, stage: _Stage, settings: Settings, result: T
     }
     with conn.transaction():
         _use_stage(conn, stage.shared)
-        _tune(conn)
+        tune(conn)
         conn.execute(
             "SELECT set_config('lock_timeout', %s, true)",
             (f"{int(settings.worker.lock_timeout_secs * 1000)}ms",),
@@ -704,6 +780,9 @@ def _swap(conn: psycopg.Connection, stage: _Stage, settings: Settings, result: T
             started = time.perf_counter()
             conn.execute(statement, params)
             _log_step(" ".join(statement.split()[:3]), started)
+        started = time.perf_counter()
+        _install_state(conn, stage)
+        _log_step("install state", started)
         details = _details(result)
         conn.execute(
             "UPDATE worker_ticks SET status = 'success', finished_at = clock_timestamp(),"
@@ -717,6 +796,39 @@ def _swap(conn: psycopg.Connection, stage: _Stage, settings: Settings, result: T
             "SELECT pg_notify(%s, %s)",
             (NOTIFY_CHANNEL, json.dumps({"tick_id": result.tick_id, "group_ids": None})),
         )
+
+
+def _install_state(conn: psycopg.Connection, stage: _Stage) -> None:
+    """Inside the swap: the staged running sums replace the previous ones, and the queued
+    attempts this tick counted leave the queue (see _CONSUMED)."""
+    conn.execute("DELETE FROM attempt_queue WHERE seq IN (SELECT seq FROM consumed)")
+    schema = sql.Identifier(state.SCHEMA)
+    conn.execute(
+        sql.SQL("DROP TABLE IF EXISTS {}").format(
+            sql.SQL(", ").join(sql.Identifier(state.SCHEMA, t) for t in state.all_tables())
+        )
+    )
+    moves = [(stage.shared, state.SCOPE_SUMS)]
+    for half in range(HALVES):
+        tables = state_tables(half)
+        moves += [(stage.half(half), tables.user_topic), (stage.half(half), tables.user_scope)]
+    for stage_schema, table in moves:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                sql.Identifier(stage_schema, table), schema
+            )
+        )
+    conn.execute(
+        sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT %s::bigint AS tick_id").format(
+            sql.Identifier(state.SCHEMA, state.SENTINEL)
+        ),
+        (stage.tick_id,),
+    )
+    conn.execute(
+        "UPDATE aggregate_state SET state_tick_id = %s,"
+        " state_version = (SELECT directory_version FROM seen_directory)",
+        (stage.tick_id,),
+    )
 
 
 def _details(result: TickResult) -> dict[str, object]:
@@ -784,7 +896,7 @@ def _log_step(name: str, started: float, **extra: object) -> None:
 
 
 @contextmanager
-def _timed(durations: dict[str, float], name: str) -> Iterator[None]:
+def timed(durations: dict[str, float], name: str) -> Iterator[None]:
     started = time.perf_counter()
     try:
         yield

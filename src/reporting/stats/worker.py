@@ -14,6 +14,13 @@ The loop owns everything around a tick: the schedule, the lock, metrics, logs an
   way the process exits normally, so the embedded PostgreSQL is released (NOTES.md).
 - Exit code: 0 after a stop by signal; with `--once`, 0 when the tick succeeded or was skipped
   because another worker was computing, 1 when it failed.
+- Kind of tick: incremental (stats/incremental.py) whenever the running sums are valid, else
+  full (aggregate.py), which rebuilds them; `--full` makes every tick a full one.
+- Live updates (REPORTING_ENABLE_LIVE_UPDATES): a thread LISTENs on `attempts_ingested` and wakes
+  the loop, which ticks (incrementally) once the burst has settled for LIVE_DEBOUNCE_SECS, and at
+  most every LIVE_MIN_GAP_SECS; the scheduled ticks go on as before. A notification lost while
+  the listener reconnects costs nothing: the attempts wait in the queue for the next tick, and
+  the listener wakes the loop after every reconnect.
 """
 
 import logging
@@ -31,12 +38,18 @@ from prometheus_client import start_http_server
 
 from reporting import metrics
 from reporting.settings import Settings
-from reporting.stats import aggregate
+from reporting.stats import aggregate, incremental
+from reporting.stats.aggregate import TickResult
 
 log = logging.getLogger(__name__)
 
 # pg_try_advisory_lock key of the analytics worker (any constant other lock users avoid).
 WORKER_LOCK = 0x5245_5054_4943_4B  # "REPTICK"
+
+INGEST_CHANNEL = "attempts_ingested"
+# A batch of ingestion usually comes as several notifications within milliseconds: one tick.
+LIVE_DEBOUNCE_SECS = 0.2
+LIVE_MIN_GAP_SECS = 0.5
 
 
 class Outcome(Enum):
@@ -54,10 +67,7 @@ def run(
     metrics_host: str = "127.0.0.1",
     full: bool = False,
 ) -> int:
-    """The worker's main loop; returns the process exit code.
-
-    `full` is accepted for the command line's sake: every tick is a full one for now.
-    """
+    """The worker's main loop; returns the process exit code."""
     for status in ("success", "error"):
         metrics.analytics_worker_ticks_total.labels(status)  # exported as 0 from the start
     server = None
@@ -72,46 +82,64 @@ def run(
             return 2
         log.info("serving metrics", extra={"host": metrics_host, "port": metrics_port})
     stop = threading.Event()
+    wake = threading.Event()  # set by a stop or an ingestion notification
+    live = settings.worker.enable_live_updates and not once
     interval = settings.worker.interval_secs
     log.info(
         "analytics worker started",
-        extra={"once": once, "interval_secs": interval, "full": full},
+        extra={"once": once, "interval_secs": interval, "full": full, "live_updates": live},
     )
+    listener = _IngestListener(url, wake) if live else None
     try:
-        with _signals_stop(stop):
+        with _signals_stop(stop, wake):
+            if listener is not None:
+                listener.start()
             next_at = time.monotonic()
+            scheduled = True
             while True:
-                outcome = run_once(settings, url)
+                # A live tick that finds another worker ticking leaves no "skipped" row: live
+                # ticks may come every second, and the attempts wait in the queue meanwhile.
+                outcome = run_once(settings, url, full=full, record_skip=scheduled)
                 if once:
                     return 1 if outcome is Outcome.ERROR else 0
-                # A fixed schedule (a slow tick does not push later ones back), but no burst of
-                # catch-up ticks after a tick that outlasted the interval.
-                next_at = max(next_at + interval, time.monotonic())
-                if stop.wait(max(0.0, next_at - time.monotonic())):
+                if scheduled:
+                    # A fixed schedule (a slow tick does not push later ones back), but no burst
+                    # of catch-up ticks after a tick that outlasted the interval.
+                    next_at = max(next_at + interval, time.monotonic())
+                turn = _next_turn(stop, wake, listener, next_at)
+                if turn is None:
                     break
+                scheduled = turn
         log.info("analytics worker stopped")
         return 0
     except KeyboardInterrupt:
         log.warning("analytics worker stopped by a second signal; the tick rolled back")
         return 1 if once else 0
     finally:
+        if listener is not None:
+            listener.stop()
         if server is not None:
             server.shutdown()
 
 
-def run_once(settings: Settings, url: str) -> Outcome:
-    """One turn of the loop: a tick under the lock, or a recorded skip; never raises an Exception."""
+def run_once(
+    settings: Settings, url: str, *, full: bool = False, record_skip: bool = True
+) -> Outcome:
+    """One turn of the loop: a tick under the lock (incremental unless `full` or the running sums
+    are not valid), or a skip (recorded unless `record_skip` is false); never raises an Exception.
+    """
     started = time.perf_counter()
     try:
         with psycopg.connect(url, autocommit=True, application_name="reporting-worker") as conn:
             if not _try_lock(conn):
-                _record_skip(conn)
                 metrics.reporting_worker_skipped_ticks_total.inc()
-                log.info("tick skipped: another analytics worker holds the lock")
+                if record_skip:
+                    _record_skip(conn)
+                    log.info("tick skipped: another analytics worker holds the lock")
                 return Outcome.SKIPPED
             # The lock is held until this connection closes.
             aggregate.discard_abandoned(conn)
-            result = aggregate.tick(conn, settings)
+            result = _tick(conn, settings, full=full)
     except Exception:
         seconds = time.perf_counter() - started
         metrics.reporting_worker_errors_total.inc()
@@ -126,9 +154,13 @@ def run_once(settings: Settings, url: str) -> Outcome:
     metrics.analytics_worker_ticks_total.labels("success").inc()
     metrics.reporting_worker_tick_duration_seconds.observe(seconds)
     metrics.reporting_worker_last_success_timestamp_seconds.set_to_current_time()
+    if result.mode == "incremental" and not result.tick_id:
+        log.debug("tick done: nothing new", extra={"seconds": round(seconds, 3)})
+        return Outcome.SUCCESS
     log.info(
         "tick done",
         extra={
+            "mode": result.mode,
             "tick_id": result.tick_id,
             "seconds": round(seconds, 3),
             "attempts": result.attempts,
@@ -140,6 +172,81 @@ def run_once(settings: Settings, url: str) -> Outcome:
         },
     )
     return Outcome.SUCCESS
+
+
+def _tick(conn: psycopg.Connection, settings: Settings, *, full: bool) -> TickResult:
+    if not full:
+        result = incremental.tick(conn, settings)
+        if result is not None:
+            return result
+        log.info("running sums not valid (first tick, directory change or --full): full tick")
+    return aggregate.tick(conn, settings)
+
+
+def _next_turn(
+    stop: threading.Event,
+    wake: threading.Event,
+    listener: "_IngestListener | None",
+    next_at: float,
+) -> bool | None:
+    """Block until the next tick is due: True at the scheduled time, False when new attempts
+    came (live updates), None when the worker should stop."""
+    while True:
+        # The setters raise their flag before ringing `wake`: clearing first loses no ring.
+        wake.clear()
+        if stop.is_set():
+            return None
+        if listener is not None and listener.pending.is_set():
+            if stop.wait(LIVE_DEBOUNCE_SECS):  # let the burst settle
+                return None
+            listener.pending.clear()
+            return False
+        remaining = next_at - time.monotonic()
+        if remaining <= 0:
+            return True
+        wake.wait(remaining)
+
+
+class _IngestListener:
+    """LISTEN attempts_ingested on a connection of its own, in a daemon thread; raises
+    `pending` (and rings `wake`) for every notification and after every (re)connection."""
+
+    def __init__(self, url: str, wake: threading.Event, *, retry_secs: float = 1.0) -> None:
+        self.url = url
+        self.wake = wake
+        self.retry_secs = retry_secs
+        self.pending = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ingest-listener", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _ring(self) -> None:
+        self.pending.set()
+        self.wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, application_name="reporting-worker-listener"
+                ) as conn:
+                    conn.execute(f"LISTEN {INGEST_CHANNEL}")
+                    self._ring()  # whatever came while not listening is in the queue
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self._ring()
+            except psycopg.Error as error:
+                log.warning(
+                    "attempts_ingested listener lost its connection; retrying",
+                    extra={"error": str(error), "retry_in": self.retry_secs},
+                )
+                self._stop.wait(self.retry_secs)
 
 
 def _try_lock(conn: psycopg.Connection) -> bool:
@@ -156,9 +263,9 @@ def _record_skip(conn: psycopg.Connection) -> None:
 
 
 @contextmanager
-def _signals_stop(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT: the first sets `stop`; a second raises KeyboardInterrupt, which psycopg
-    turns into a cancel of the running statement."""
+def _signals_stop(stop: threading.Event, wake: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT: the first sets `stop` (and rings `wake`); a second raises
+    KeyboardInterrupt, which psycopg turns into a cancel of the running statement."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
@@ -168,6 +275,7 @@ def _signals_stop(stop: threading.Event) -> Iterator[None]:
             extra={"signal": signal.Signals(signum).name},
         )
         stop.set()
+        wake.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -1,0 +1,480 @@
+"""An incremental tick: the attempts queued since the last tick are folded into the running sums,
+and only the derived records they touch are rewritten. Its cost follows the new attempts and the
+history of the students who made them, not the whole school's.
+
+Everything happens in ONE transaction, so readers see all of a tick or none of it, and the queue
+rows are consumed (DELETE ... RETURNING) in the transaction that counts them: an attempt queued
+while the tick runs is either in this tick or left for the next, never lost, never counted twice.
+
+From the running sums (state.py), every metric of CONTRACT §2 is derived the way the full tick
+derives it, through the same SQL functions (reporting_state.kpi / progress_entry):
+- A scope's counts and additive sums (attempts, hinted attempts, hints, time, score) grow by the
+  new attempts' sums. Its users and its sum of per-user accuracies change only by the users the
+  new attempts touch: from each one's (attempts, correct) in the scope before and after, both
+  exact integers.
+- Leaderboards of the scopes touched (global, the groups, the levels) are recomputed from the
+  per-user sums through an index on score: the top N and their ties, so ranks stay exact.
+  Boards not recomputed for an hour are recomputed too, so none expires while the worker runs.
+- The progress documents of the students touched are rebuilt from their sums.
+
+Floating-point sums (scores, accuracies) are added in another order than a full tick adds them:
+they agree with a full recompute to ~1e-15 relative, not bit for bit; counts agree exactly.
+`reporting-worker --full` recomputes everything and rebuilds the sums.
+"""
+
+import json
+import logging
+import time
+from dataclasses import replace
+from datetime import datetime
+from functools import partial
+from typing import LiteralString
+
+import psycopg
+from psycopg import sql
+
+from reporting.settings import Settings
+from reporting.stats import aggregate, state
+from reporting.stats.aggregate import TickResult
+
+log = logging.getLogger(__name__)
+
+# Boards older than this are recomputed by the next tick even without new attempts in their
+# scope (a board expires 24 h after it was computed and is never served after that).
+BOARD_REFRESH_AGE = "1 hour"
+# NOTIFY payloads must stay under 8000 bytes: beyond that, "every group" (null) is sent.
+_NOTIFY_MAX_BYTES = 7000
+
+_TEMP_TABLES: LiteralString = """
+CREATE TEMP TABLE delta (
+    user_key integer, group_key integer, topic_key integer, is_correct boolean, score float8,
+    hints_used integer, time_spent_ms bigint, attempted_at timestamptz
+) ON COMMIT DROP;
+-- Per (scope, user): (attempts, correct) before and after, for the users and accuracy sums.
+CREATE TEMP TABLE contributions (
+    type text, key_1 integer, key_2 integer, old_n bigint, old_c bigint, new_n bigint,
+    new_c bigint
+) ON COMMIT DROP;
+CREATE TEMP TABLE changed_scopes (
+    type text, key_1 integer, key_2 integer, attempts bigint, users bigint, sum_accuracy float8,
+    sum_score float8, hinted bigint, hints bigint, time_ms float8
+) ON COMMIT DROP;
+"""
+
+_TAKE_QUEUE: LiteralString = """
+WITH taken AS (DELETE FROM attempt_queue RETURNING *)
+INSERT INTO delta
+SELECT user_key, group_key, topic_key, is_correct, score, hints_used, time_spent_ms, attempted_at
+FROM taken
+"""
+
+# The new attempts per (user, group, topic) and per (user, scope) of the per-user sums.
+_DELTA_SUMS: LiteralString = """
+CREATE TEMP TABLE d_user_topic ON COMMIT DROP AS
+SELECT d.user_key, d.group_key, d.topic_key, t.level_key, count(*) AS attempts,
+       count(*) FILTER (WHERE d.is_correct) AS correct, sum(d.score) AS score,
+       sum(d.hints_used)::bigint AS hints, count(*) FILTER (WHERE d.hints_used > 0) AS hinted,
+       sum(d.time_spent_ms::float8) AS time_ms, max(d.attempted_at) AS last_at
+FROM delta d JOIN topics t ON t.key = d.topic_key
+GROUP BY d.user_key, d.group_key, d.topic_key, t.level_key;
+
+CREATE TEMP TABLE d_user_scope ON COMMIT DROP AS
+SELECT s.scope, s.key_1, s.key_2, d.user_key, sum(d.attempts)::bigint AS attempts,
+       sum(d.correct)::bigint AS correct, sum(d.score) AS score, sum(d.hints)::bigint AS hints,
+       sum(d.hinted)::bigint AS hinted, sum(d.time_ms) AS time_ms, max(d.last_at) AS last_at
+FROM d_user_topic d
+CROSS JOIN LATERAL (VALUES (0::smallint, 0, 0), (1::smallint, d.group_key, 0),
+                           (2::smallint, d.level_key, 0), (3::smallint, d.group_key, d.level_key))
+    AS s (scope, key_1, key_2)
+GROUP BY s.scope, s.key_1, s.key_2, d.user_key;
+
+CREATE TEMP TABLE touched_users ON COMMIT DROP AS
+SELECT DISTINCT user_key FROM d_user_topic;
+
+ANALYZE d_user_topic, d_user_scope, touched_users;
+"""
+
+# --- per half of the users: {user_topic} and {user_scope} are that half's state tables ---------
+
+# Before/after of every touched (user, scope) pair, read before the sums are updated.
+_CONTRIBUTIONS: LiteralString = """
+INSERT INTO contributions
+SELECT CASE d.scope WHEN 1 THEN 'group' WHEN 2 THEN 'level' ELSE 'group_level' END,
+       d.key_1, d.key_2, coalesce(o.attempts, 0), coalesce(o.correct, 0),
+       coalesce(o.attempts, 0) + d.attempts, coalesce(o.correct, 0) + d.correct
+FROM d_user_scope d
+LEFT JOIN {user_scope} o
+    ON o.scope = d.scope AND o.key_1 = d.key_1 AND o.key_2 = d.key_2 AND o.user_key = d.user_key
+WHERE d.scope > 0 AND mod(d.user_key, {halves}) = {half};
+
+INSERT INTO contributions
+SELECT 'group_topic', d.group_key, d.topic_key, coalesce(o.attempts, 0), coalesce(o.correct, 0),
+       coalesce(o.attempts, 0) + d.attempts, coalesce(o.correct, 0) + d.correct
+FROM d_user_topic d
+LEFT JOIN {user_topic} o
+    ON o.user_key = d.user_key AND o.topic_key = d.topic_key AND o.group_key = d.group_key
+WHERE mod(d.user_key, {halves}) = {half};
+
+-- A topic counts a user's attempts in every group.
+INSERT INTO contributions
+SELECT 'topic', d.topic_key, 0, coalesce(o.n, 0), coalesce(o.c, 0), coalesce(o.n, 0) + d.n,
+       coalesce(o.c, 0) + d.c
+FROM (
+    SELECT user_key, topic_key, sum(attempts)::bigint AS n, sum(correct)::bigint AS c
+    FROM d_user_topic WHERE mod(user_key, {halves}) = {half}
+    GROUP BY user_key, topic_key
+) d
+LEFT JOIN LATERAL (
+    SELECT sum(attempts)::bigint AS n, sum(correct)::bigint AS c
+    FROM {user_topic} o WHERE o.user_key = d.user_key AND o.topic_key = d.topic_key
+) o ON true;
+"""
+
+_ADD_TO_STATE: LiteralString = """
+INSERT INTO {user_topic} AS s
+SELECT user_key, group_key, topic_key, attempts, correct, score, hints, hinted, time_ms, last_at
+FROM d_user_topic WHERE mod(user_key, {halves}) = {half}
+ON CONFLICT (user_key, topic_key, group_key) DO UPDATE SET
+    attempts = s.attempts + excluded.attempts, correct = s.correct + excluded.correct,
+    score = s.score + excluded.score, hints = s.hints + excluded.hints,
+    hinted = s.hinted + excluded.hinted, time_ms = s.time_ms + excluded.time_ms,
+    last_at = greatest(s.last_at, excluded.last_at);
+
+INSERT INTO {user_scope} AS s
+SELECT scope, key_1, key_2, user_key, attempts, correct, score, hints, hinted, time_ms, last_at
+FROM d_user_scope WHERE mod(user_key, {halves}) = {half}
+ON CONFLICT (scope, key_1, key_2, user_key) DO UPDATE SET
+    attempts = s.attempts + excluded.attempts, correct = s.correct + excluded.correct,
+    score = s.score + excluded.score, hints = s.hints + excluded.hints,
+    hinted = s.hinted + excluded.hinted, time_ms = s.time_ms + excluded.time_ms,
+    last_at = greatest(s.last_at, excluded.last_at);
+"""
+
+# The touched students' documents, as the full tick builds them (see aggregate._PROGRESS).
+_PROGRESS: LiteralString = """
+INSERT INTO progress_summary AS p (user_id, totals, levels, topics, last_activity_at, computed_at)
+SELECT u.id,
+       reporting_state.progress_entry('{{', t.attempts, t.correct, t.score, t.hints,
+                                      t.time_ms)::json,
+       coalesce(l.entries, '[]')::json, coalesce(tp.entries, '[]')::json, t.last_at, now()
+FROM touched_users tu
+JOIN users u ON u.key = tu.user_key
+JOIN {user_scope} t
+    ON t.scope = 0 AND t.key_1 = 0 AND t.key_2 = 0 AND t.user_key = tu.user_key
+CROSS JOIN LATERAL (
+    SELECT '[' || string_agg(reporting_state.progress_entry(i.head, s.attempts, s.correct,
+                                                            s.score, s.hints, s.time_ms),
+                             ',' ORDER BY i.level_ord) || ']' AS entries
+    FROM {user_scope} s JOIN level_info i ON i.level_key = s.key_1
+    WHERE s.scope = 2 AND s.key_2 = 0 AND s.user_key = tu.user_key
+) l
+CROSS JOIN LATERAL (
+    SELECT '[' || string_agg(reporting_state.progress_entry(i.head, s.attempts, s.correct,
+                                                            s.score, s.hints, s.time_ms),
+                             ',' ORDER BY i.topic_ord) || ']' AS entries
+    FROM (
+        SELECT topic_key, sum(attempts)::bigint AS attempts, sum(correct)::bigint AS correct,
+               sum(score) AS score, sum(hints)::bigint AS hints, sum(time_ms) AS time_ms
+        FROM {user_topic} WHERE user_key = tu.user_key
+        GROUP BY topic_key
+    ) s JOIN topic_info i ON i.topic_key = s.topic_key
+) tp
+WHERE mod(tu.user_key, {halves}) = {half}
+ON CONFLICT (user_id) DO UPDATE SET
+    totals = excluded.totals, levels = excluded.levels, topics = excluded.topics,
+    last_activity_at = excluded.last_activity_at, computed_at = excluded.computed_at
+"""
+
+# --- scopes -------------------------------------------------------------------------------------
+
+_SCOPE_SUMS: LiteralString = """
+WITH users_and_accuracy AS (
+    SELECT type, key_1, key_2, count(*) FILTER (WHERE old_n = 0) AS users,
+           sum(new_c::float8 / new_n
+               - CASE WHEN old_n > 0 THEN old_c::float8 / old_n ELSE 0 END) AS sum_accuracy
+    FROM contributions
+    GROUP BY type, key_1, key_2
+),
+additive AS (
+    SELECT s.type, s.key_1, s.key_2, sum(d.attempts)::bigint AS attempts,
+           sum(d.score) AS sum_score, sum(d.hinted)::bigint AS hinted,
+           sum(d.hints)::bigint AS hints, sum(d.time_ms) AS time_ms
+    FROM d_user_topic d
+    CROSS JOIN LATERAL (VALUES ('group', d.group_key, 0), ('level', d.level_key, 0),
+                               ('topic', d.topic_key, 0), ('group_level', d.group_key, d.level_key),
+                               ('group_topic', d.group_key, d.topic_key))
+        AS s (type, key_1, key_2)
+    GROUP BY s.type, s.key_1, s.key_2
+),
+updated AS (
+    INSERT INTO reporting_state.scope_sums AS s
+    SELECT a.type, a.key_1, a.key_2, a.attempts, u.users, u.sum_accuracy, a.sum_score, a.hinted,
+           a.hints, a.time_ms
+    FROM additive a JOIN users_and_accuracy u USING (type, key_1, key_2)
+    ON CONFLICT (type, key_1, key_2) DO UPDATE SET
+        attempts = s.attempts + excluded.attempts, users = s.users + excluded.users,
+        sum_accuracy = s.sum_accuracy + excluded.sum_accuracy,
+        sum_score = s.sum_score + excluded.sum_score, hinted = s.hinted + excluded.hinted,
+        hints = s.hints + excluded.hints, time_ms = s.time_ms + excluded.time_ms
+    RETURNING s.*
+)
+INSERT INTO changed_scopes SELECT * FROM updated
+"""
+
+_STATS: LiteralString = """
+INSERT INTO materialized_stats AS m (type, entity_id, group_id, metrics, computed_at)
+SELECT c.type,
+       CASE c.type WHEN 'group' THEN g.id WHEN 'level' THEN l.id WHEN 'topic' THEN t.id
+                   WHEN 'group_level' THEN g.id || ':' || l.id
+                   ELSE g.id || ':' || t.id END,
+       g.id,
+       reporting_state.kpi(c.attempts, c.users, c.sum_accuracy, c.sum_score, c.hinted, c.hints,
+                           c.time_ms),
+       now()
+FROM changed_scopes c
+LEFT JOIN groups g
+    ON g.key = CASE WHEN c.type IN ('group', 'group_level', 'group_topic') THEN c.key_1 END
+LEFT JOIN levels l
+    ON l.key = CASE c.type WHEN 'level' THEN c.key_1 WHEN 'group_level' THEN c.key_2 END
+LEFT JOIN topics t
+    ON t.key = CASE c.type WHEN 'topic' THEN c.key_1 WHEN 'group_topic' THEN c.key_2 END
+ORDER BY 1, 2
+ON CONFLICT (type, entity_id) DO UPDATE SET
+    metrics = excluded.metrics, computed_at = excluded.computed_at
+"""
+
+# --- leaderboards -------------------------------------------------------------------------------
+
+# scope 0 global, 1 group, 2 level (as in the per-user sums).
+_BOARDS_DUE: LiteralString = """
+CREATE TEMP TABLE boards_due ON COMMIT DROP AS
+SELECT 0::smallint AS scope, 0 AS key_1 FROM (SELECT 1 FROM d_user_topic LIMIT 1) any_attempt
+UNION
+SELECT 1, group_key FROM d_user_topic
+UNION
+SELECT 2, level_key FROM d_user_topic
+UNION
+SELECT CASE b.scope WHEN 'global' THEN 0 WHEN 'group' THEN 1 ELSE 2 END::smallint,
+       CASE b.scope WHEN 'global' THEN 0 WHEN 'group' THEN g.key ELSE l.key END
+FROM leaderboards b
+LEFT JOIN groups g ON b.scope = 'group' AND g.id = b.scope_id
+LEFT JOIN levels l ON b.scope = 'level' AND l.id = b.scope_id
+WHERE b.computed_at < now() - %(refresh_age)s::interval
+  AND (b.scope = 'global' OR g.key IS NOT NULL OR l.key IS NOT NULL)
+"""
+
+# Per board and half: the N best scores, through the board index; every user at or above the
+# N-th best of both halves is a candidate, so rank() over the candidates is the true rank.
+_BOARD_CANDIDATES: LiteralString = """
+CREATE TEMP TABLE board_candidates ON COMMIT DROP AS
+WITH threshold AS (
+    SELECT b.scope, b.key_1, (
+        SELECT min(score) FROM (
+            SELECT score FROM (
+                {top_scores}
+            ) both_halves ORDER BY score DESC LIMIT %(size)s
+        ) top
+    ) AS min_score
+    FROM boards_due b
+)
+{candidates}
+"""
+
+_TOP_SCORES: LiteralString = """
+(SELECT score FROM {user_scope} s
+ WHERE s.scope < 3 AND s.scope = b.scope AND s.key_1 = b.key_1 AND s.key_2 = 0
+ ORDER BY s.score DESC LIMIT %(size)s)
+"""
+
+_CANDIDATES_OF_HALF: LiteralString = """
+SELECT t.scope, t.key_1, s.user_key, s.score, s.correct::float8 / s.attempts AS accuracy,
+       s.attempts
+FROM threshold t
+JOIN {user_scope} s
+    ON s.scope < 3 AND s.scope = t.scope AND s.key_1 = t.key_1 AND s.key_2 = 0
+   AND s.score >= t.min_score
+"""
+
+_BOARDS: LiteralString = """
+WITH ranked AS (
+    SELECT c.scope, c.key_1, u.id AS user_id, u.display_name, c.score, c.accuracy, c.attempts,
+           rank() OVER (PARTITION BY c.scope, c.key_1 ORDER BY c.score DESC) AS rank,
+           row_number() OVER (PARTITION BY c.scope, c.key_1
+                              ORDER BY c.score DESC, c.accuracy DESC, u.id) AS position
+    FROM board_candidates c JOIN users u ON u.key = c.user_key
+),
+board AS (
+    SELECT scope, key_1,
+           jsonb_agg(jsonb_build_object('rank', rank, 'user_id', user_id,
+                                        'display_name', display_name, 'score', score,
+                                        'accuracy', accuracy, 'attempts', attempts)
+                     ORDER BY position) AS rankings
+    FROM ranked WHERE position <= %(size)s
+    GROUP BY scope, key_1
+)
+INSERT INTO leaderboards AS b (scope, scope_id, rankings, computed_at, expires_at)
+SELECT CASE d.scope WHEN 0 THEN 'global' WHEN 1 THEN 'group' ELSE 'level' END,
+       CASE d.scope WHEN 0 THEN 'global' WHEN 1 THEN g.id ELSE l.id END,
+       coalesce(r.rankings, '[]'), now(), now() + make_interval(hours => %(ttl_hours)s)
+FROM boards_due d
+LEFT JOIN board r ON r.scope = d.scope AND r.key_1 = d.key_1
+LEFT JOIN groups g ON d.scope = 1 AND g.key = d.key_1
+LEFT JOIN levels l ON d.scope = 2 AND l.key = d.key_1
+ON CONFLICT (scope, scope_id) DO UPDATE SET
+    rankings = excluded.rankings, computed_at = excluded.computed_at,
+    expires_at = excluded.expires_at
+"""
+
+
+def tick(conn: psycopg.Connection, settings: Settings) -> TickResult | None:
+    """Fold the queued attempts in; None (nothing done) when the running sums are not valid,
+    and the caller should run a full tick instead. An error rolls everything back (the queue
+    included), records the tick as failed and is re-raised.
+
+    `conn` must have owner rights and no open transaction; the caller holds the worker lock.
+    """
+    started_at = time.perf_counter()
+    durations: dict[str, float] = {}
+    try:
+        with conn.transaction():
+            if not state.is_valid(conn):
+                return None
+            result = _fold(conn, settings, durations)
+    except BaseException as error:
+        _record_error(conn, error)
+        raise
+    log.debug("incremental tick", extra={"seconds": round(time.perf_counter() - started_at, 3)})
+    return result
+
+
+def _fold(conn: psycopg.Connection, settings: Settings, durations: dict[str, float]) -> TickResult:
+    aggregate.tune(conn)
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, true)",
+        (f"{int(settings.worker.lock_timeout_secs * 1000)}ms",),
+    )
+    step = partial(aggregate.timed, durations)
+    with step("queue"):
+        conn.execute(_TEMP_TABLES)
+        taken = conn.execute(_TAKE_QUEUE).rowcount
+    with step("sums"):
+        conn.execute(_DELTA_SUMS)
+        conn.execute("CREATE TEMP TABLE level_info ON COMMIT DROP AS" + aggregate.LEVEL_INFO)
+        conn.execute("CREATE TEMP TABLE topic_info ON COMMIT DROP AS" + aggregate.TOPIC_INFO)
+        for half in range(state.HALVES):
+            conn.execute(_per_half(_CONTRIBUTIONS, half))
+        for half in range(state.HALVES):
+            conn.execute(_per_half(_ADD_TO_STATE, half))
+        conn.execute(_SCOPE_SUMS)
+    with step("stats"):
+        stats = conn.execute(_STATS).rowcount
+    with step("leaderboards"):
+        conn.execute(_BOARDS_DUE, {"refresh_age": BOARD_REFRESH_AGE})
+        params = {
+            "size": settings.worker.leaderboard_size,
+            "ttl_hours": aggregate.LEADERBOARD_TTL_HOURS,
+        }
+        conn.execute(_board_candidates(), params)
+        boards = conn.execute(_BOARDS, params).rowcount
+    with step("progress"):
+        progress = sum(
+            conn.execute(_per_half(_PROGRESS, half)).rowcount for half in range(state.HALVES)
+        )
+    row = conn.execute(
+        "SELECT now(), (SELECT count(*) FROM touched_users),"
+        # The groups whose page changed: new attempts there, or their board refreshed.
+        " array(SELECT g.id FROM groups g"
+        "       WHERE g.key IN (SELECT group_key FROM d_user_topic"
+        "                       UNION SELECT key_1 FROM boards_due WHERE scope = 1)"
+        "       ORDER BY g.id),"
+        " (SELECT json_object_agg(type, n) FROM ("
+        "     SELECT type, count(*) AS n FROM changed_scopes GROUP BY type) c)"
+    ).fetchone()
+    assert row is not None
+    computed_at, users, group_ids, stats_by_type = row
+    assert isinstance(computed_at, datetime)
+    result = TickResult(
+        tick_id=0,
+        computed_at=computed_at,
+        attempts=taken,
+        users_with_attempts=int(users),
+        stats={str(k): int(v) for k, v in (stats_by_type or {}).items()},
+        leaderboards=boards,
+        progress_summaries=progress,
+        durations=durations,
+        mode="incremental",
+    )
+    if taken == 0 and boards == 0:
+        # Nothing changed: no tick row, no notification (live ticks may come every second).
+        return result
+    tick_id = _record_success(conn, result)
+    _notify(conn, tick_id, list(group_ids))
+    log.debug("incremental tick folded", extra={"attempts": taken, "stats": stats})
+    return replace(result, tick_id=tick_id)
+
+
+def _per_half(template: LiteralString, half: int) -> sql.Composed:
+    tables = state.state_tables(half)
+    return sql.SQL(template).format(
+        user_topic=sql.Identifier(state.SCHEMA, tables.user_topic),
+        user_scope=sql.Identifier(state.SCHEMA, tables.user_scope),
+        halves=sql.Literal(state.HALVES),
+        half=sql.Literal(half),
+    )
+
+
+def _board_candidates() -> sql.Composed:
+    halves = [
+        sql.Identifier(state.SCHEMA, state.state_tables(h).user_scope) for h in range(state.HALVES)
+    ]
+    return sql.SQL(_BOARD_CANDIDATES).format(
+        top_scores=sql.SQL(" UNION ALL ").join(
+            sql.SQL(_TOP_SCORES).format(user_scope=table) for table in halves
+        ),
+        candidates=sql.SQL(" UNION ALL ").join(
+            sql.SQL(_CANDIDATES_OF_HALF).format(user_scope=table) for table in halves
+        ),
+    )
+
+
+def _record_success(conn: psycopg.Connection, result: TickResult) -> int:
+    details = {
+        "mode": "incremental",
+        "attempts": result.attempts,
+        "users_with_attempts": result.users_with_attempts,
+        "materialized_stats": result.stats,
+        "leaderboards": result.leaderboards,
+        "progress_summary": result.progress_summaries,
+        "computed_at": result.computed_at.isoformat(),
+        "durations": result.durations,
+    }
+    row = conn.execute(
+        "INSERT INTO worker_ticks (started_at, finished_at, status, details)"
+        " VALUES (now(), clock_timestamp(), 'success', %s) RETURNING id",
+        (json.dumps(details),),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _notify(conn: psycopg.Connection, tick_id: int, group_ids: list[str] | None) -> None:
+    payload = json.dumps({"tick_id": tick_id, "mode": "incremental", "group_ids": group_ids})
+    if len(payload.encode()) > _NOTIFY_MAX_BYTES:
+        payload = json.dumps({"tick_id": tick_id, "mode": "incremental", "group_ids": None})
+    conn.execute("SELECT pg_notify(%s, %s)", (aggregate.NOTIFY_CHANNEL, payload))
+
+
+def _record_error(conn: psycopg.Connection, error: BaseException) -> None:
+    message = f"{type(error).__name__}: {error}".strip()[:2000]
+    try:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO worker_ticks (started_at, finished_at, status, details, error)"
+                " VALUES (clock_timestamp(), clock_timestamp(), 'error',"
+                ' \'{"mode": "incremental"}\', %s)',
+                (message,),
+            )
+    except psycopg.Error as failure:
+        log.warning("could not record the failed incremental tick", extra={"error": str(failure)})

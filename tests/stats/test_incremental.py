@@ -1,0 +1,309 @@
+"""incremental.tick against a real PostgreSQL, checked against a full recompute (aggregate.tick),
+which tests/stats/test_aggregate.py checks against the plain-Python reference."""
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg.rows import dict_row
+
+from reporting.settings import Settings
+from reporting.stats import aggregate, incremental, state, worker
+from tests.builders import Attempt, make_attempts, make_user
+from tests.stats import kpi_reference as ref
+from tests.stats.test_aggregate import close, load, schools, tie_school, worker_settings
+
+Snapshot = dict[str, dict[tuple[str, str], object]]
+
+
+@pytest.fixture
+def db(fresh_db_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        yield conn
+
+
+def snapshot(conn: psycopg.Connection) -> Snapshot:
+    """Every derived record's content (not when it was computed), keyed as the API reads it."""
+    cur = conn.cursor(row_factory=dict_row)
+    stats = {
+        (str(r["type"]), str(r["entity_id"])): {"group_id": r["group_id"], **r["metrics"]}
+        for r in cur.execute("SELECT * FROM materialized_stats")
+    }
+    boards = {
+        (str(r["scope"]), str(r["scope_id"])): r["rankings"]
+        for r in cur.execute("SELECT * FROM leaderboards")
+    }
+    progress = {
+        ("user", str(r["user_id"])): {
+            "totals": r["totals"],
+            "levels": r["levels"],
+            "topics": r["topics"],
+            "last_activity_at": r["last_activity_at"],
+        }
+        for r in cur.execute("SELECT * FROM progress_summary")
+    }
+    return {"stats": stats, "boards": boards, "progress": progress}
+
+
+def assert_same(actual: Snapshot, expected: Snapshot) -> None:
+    for kind in expected:
+        assert set(actual[kind]) == set(expected[kind]), kind
+        for key, value in expected[kind].items():
+            close(actual[kind][key], value, f"{kind} {key}")
+
+
+def queued(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM attempt_queue").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def fresh_load(conn: psycopg.Connection, school: ref.School) -> None:
+    load(conn, school)
+    conn.execute("TRUNCATE attempt_queue")  # `load` truncates attempts, which queues nothing
+
+
+def tick_incrementally(conn: psycopg.Connection, settings: Settings) -> aggregate.TickResult:
+    result = incremental.tick(conn, settings)
+    assert result is not None, "the running sums should be valid here"
+    assert result.mode == "incremental"
+    return result
+
+
+# --- exactness against a full recompute -----------------------------------------------------------
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    school=schools(),
+    extra=st.data(),
+    size=st.integers(1, 4),
+)
+def test_interleaved_batches_and_ticks_equal_a_full_recompute(
+    db: psycopg.Connection, fresh_db_url: str, school: ref.School, extra: st.DataObject, size: int
+) -> None:
+    settings = worker_settings(fresh_db_url, REPORTING_LEADERBOARD_SIZE=size)
+    attempts = list(school.attempts)
+    first = extra.draw(st.integers(0, len(attempts)), label="attempts before the full tick")
+    fresh_load(db, dataclasses.replace(school, attempts=tuple(attempts[:first])))
+    aggregate.tick(db, settings)
+    assert state.is_valid(db) and queued(db) == 0
+
+    rest = attempts[first:]
+    while rest:
+        size_of_batch = extra.draw(st.integers(1, len(rest)), label="batch")
+        batch, rest = rest[:size_of_batch], rest[size_of_batch:]
+        make_attempts(db, batch)
+        if extra.draw(st.booleans(), label="tick after this batch"):
+            tick_incrementally(db, settings)
+    result = tick_incrementally(db, settings)
+    assert queued(db) == 0
+    incremental_view = snapshot(db)
+
+    full = aggregate.tick(db, settings)
+    assert full.mode == "full"
+    assert_same(incremental_view, snapshot(db))
+    if rest == [] and len(attempts) > first:
+        assert result.tick_id or result.attempts == 0
+
+
+def test_leaderboard_ties_stay_exact_when_ranks_shift(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    settings = worker_settings(fresh_db_url, REPORTING_LEADERBOARD_SIZE=3)
+    fresh_load(db, tie_school())
+    aggregate.tick(db, settings)
+    # u2 (score 1) climbs to 8, tying u1 and u3 (ranks 2, 2, 2) and pushing u4 off the top 3.
+    make_attempts(db, [Attempt("u2", "g1", "t1", is_correct=True, score=7)])
+    result = tick_incrementally(db, settings)
+    assert result.attempts == 1
+    row = db.execute("SELECT rankings FROM leaderboards WHERE scope = 'group'").fetchone()
+    assert row is not None
+    assert [(r["user_id"], r["rank"]) for r in row[0]] == [("u5", 1), ("u2", 2), ("u3", 2)]
+    before = snapshot(db)
+    aggregate.tick(db, settings)
+    assert_same(before, snapshot(db))
+
+
+# --- what a tick consumes ------------------------------------------------------------------------
+
+
+def test_ingestion_during_ticks_loses_and_double_counts_nothing(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    settings = worker_settings(fresh_db_url)
+    fresh_load(db, tie_school())
+    aggregate.tick(db, settings)
+    batches = 40
+    stop = threading.Event()
+    ticks: list[int] = []
+
+    def tick_forever() -> None:
+        with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+            while not stop.is_set():
+                result = incremental.tick(conn, settings)
+                assert result is not None
+                ticks.append(result.attempts)
+
+    ticker = threading.Thread(target=tick_forever)
+    ticker.start()
+    try:
+        with psycopg.connect(fresh_db_url, autocommit=True) as writer:
+            for i in range(batches):
+                make_attempts(
+                    writer,
+                    [
+                        Attempt(f"u{1 + (i + j) % 5}", "g1", "t1", is_correct=j % 2 == 0, score=1)
+                        for j in range(25)
+                    ],
+                )
+    finally:
+        stop.set()
+        ticker.join(timeout=60)
+    tick_incrementally(db, settings)
+    assert sum(ticks) + 0 <= batches * 25
+    row = db.execute(
+        "SELECT (metrics->>'total_attempts')::int FROM materialized_stats WHERE type = 'group'"
+    ).fetchone()
+    assert row is not None and row[0] == len(tie_school().attempts) + batches * 25
+    assert queued(db) == 0
+    assert sum(ticks) > 0, "no tick ran while the batches came"
+    before = snapshot(db)
+    aggregate.tick(db, settings)
+    assert_same(before, snapshot(db))
+
+
+def test_attempts_committed_after_a_full_ticks_snapshot_wait_for_the_next_tick(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    settings = worker_settings(fresh_db_url)
+    fresh_load(db, tie_school())
+    make_attempts(db, [Attempt("u1", "g1", "t1", score=2)])
+    with psycopg.connect(fresh_db_url) as late:
+        make_attempts(late, [Attempt("u2", "g1", "t1", score=3)])  # not committed yet
+        full = aggregate.tick(db, settings)
+        late.commit()
+    assert full.attempts == len(tie_school().attempts) + 1
+    assert queued(db) == 1  # the full tick consumed only what its snapshot counted
+    result = tick_incrementally(db, settings)
+    assert result.attempts == 1 and queued(db) == 0
+    before = snapshot(db)
+    aggregate.tick(db, settings)
+    assert_same(before, snapshot(db))
+
+
+def test_a_directory_change_makes_the_next_tick_full(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    settings = worker_settings(fresh_db_url)
+    fresh_load(db, tie_school())
+    assert not state.is_valid(db)  # never built
+    assert worker.run_once(settings, fresh_db_url) is worker.Outcome.SUCCESS
+    assert state.is_valid(db)
+    make_attempts(db, [Attempt("u1", "g1", "t1")])
+    assert worker.run_once(settings, fresh_db_url) is worker.Outcome.SUCCESS
+    make_user(db, "u-new", ["g1"], display_name="Новенький")
+    assert not state.is_valid(db)
+    assert incremental.tick(db, settings) is None
+    assert worker.run_once(settings, fresh_db_url) is worker.Outcome.SUCCESS
+    modes = [
+        r[0]
+        for r in db.execute(
+            "SELECT details->>'mode' FROM worker_ticks WHERE status = 'success' ORDER BY id"
+        )
+    ]
+    assert modes == ["full", "incremental", "full"]
+    row = db.execute("SELECT totals FROM progress_summary WHERE user_id = 'u-new'").fetchone()
+    assert row is not None and row[0]["attempts"] == 0
+
+
+def test_an_upsert_that_changes_nothing_keeps_the_sums_valid(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    fresh_load(db, tie_school())
+    aggregate.tick(db, worker_settings(fresh_db_url))
+    db.execute("UPDATE users SET display_name = display_name WHERE false")
+    assert state.is_valid(db)
+
+
+def test_sums_emptied_by_a_crash_are_not_trusted(db: psycopg.Connection, fresh_db_url: str) -> None:
+    """Crash recovery empties UNLOGGED tables; the sentinel row goes with them."""
+    fresh_load(db, tie_school())
+    aggregate.tick(db, worker_settings(fresh_db_url))
+    db.execute(f"TRUNCATE {state.SCHEMA}.{state.SENTINEL}")
+    assert not state.is_valid(db)
+    assert incremental.tick(db, worker_settings(fresh_db_url)) is None
+
+
+def test_a_failed_incremental_tick_changes_nothing_and_keeps_the_queue(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    settings = worker_settings(fresh_db_url)
+    fresh_load(db, tie_school())
+    aggregate.tick(db, settings)
+    before = snapshot(db)
+    make_attempts(db, [Attempt("u1", "g1", "t1", score=5)])
+    # Lock a derived row the tick must update: its lock_timeout fails it midway.
+    with psycopg.connect(fresh_db_url) as blocker:
+        blocker.execute("SELECT * FROM materialized_stats WHERE type = 'group' FOR UPDATE")
+        failing = worker_settings(fresh_db_url, REPORTING_WORKER_LOCK_TIMEOUT_SECS=0.2)
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            incremental.tick(db, failing)
+    assert snapshot(db) == before
+    assert queued(db) == 1
+    row = db.execute(
+        "SELECT status, details->>'mode' FROM worker_ticks ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    assert row == ("error", "incremental")
+    tick_incrementally(db, settings)
+    assert queued(db) == 0
+
+
+# --- notifications and idle ticks ---------------------------------------------------------------
+
+
+def test_a_tick_names_the_groups_it_changed(db: psycopg.Connection, fresh_db_url: str) -> None:
+    settings = worker_settings(fresh_db_url)
+    fresh_load(db, tie_school())
+    aggregate.tick(db, settings)
+    with psycopg.connect(fresh_db_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {aggregate.NOTIFY_CHANNEL}")
+        idle = tick_incrementally(db, settings)
+        assert idle.tick_id == 0 and idle.attempts == 0
+        assert list(listener.notifies(timeout=0.5)) == []  # nothing new: no notification
+
+        make_attempts(db, [Attempt("u3", "g1", "t1")])
+        result = tick_incrementally(db, settings)
+        notes = list(listener.notifies(timeout=5, stop_after=1))
+    assert len(notes) == 1
+    assert notes[0].payload == (
+        f'{{"tick_id": {result.tick_id}, "mode": "incremental", "group_ids": ["g1"]}}'
+    )
+
+
+def test_boards_not_recomputed_for_an_hour_are_refreshed(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    settings = worker_settings(fresh_db_url)
+    fresh_load(db, tie_school())
+    aggregate.tick(db, settings)
+    old = datetime.now(UTC) - timedelta(hours=23, minutes=30)
+    db.execute(
+        "UPDATE leaderboards SET computed_at = %s, expires_at = %s",
+        (old, old + timedelta(hours=24)),
+    )
+    result = tick_incrementally(db, settings)
+    assert result.leaderboards == 3 and result.attempts == 0
+    rows = db.execute("SELECT computed_at, expires_at FROM leaderboards").fetchall()
+    for computed_at, expires_at in rows:
+        assert computed_at == result.computed_at
+        assert expires_at == result.computed_at + timedelta(hours=24)
