@@ -16,6 +16,7 @@ from reporting.errors import ServiceUnavailable, install_error_handlers
 from reporting.observability import ObservabilityMiddleware
 from reporting.settings import Settings
 from reporting.stats.cache import StatsChangeListener
+from reporting.stats.events import StatsEventHub, closed_on_exit_signals
 from reporting.storage import build_store
 
 
@@ -36,15 +37,25 @@ def create_app(settings: Settings, *, url: str | None = None) -> FastAPI:
         store = build_store(settings)
         db = Database(url or database_url(settings.database))
         await db.open()
+        stats_events = StatsEventHub(enabled=settings.worker.enable_live_updates)
         app.state.context = AppContext(
-            settings=settings, db=db, tokens=TokenVerifier(settings.auth), store=store
+            settings=settings,
+            db=db,
+            tokens=TokenVerifier(settings.auth),
+            store=store,
+            stats_events=stats_events,
         )
-        # The stats cache lives only while this connection listens for the worker's changes.
-        stats_listener = StatsChangeListener(db.url, app.state.context.stats_cache)
+        # The stats cache lives only while this connection listens for the worker's changes;
+        # the same connection feeds the live-update streams.
+        stats_listener = StatsChangeListener(
+            db.url, app.state.context.stats_cache, on_change=stats_events.publish
+        )
         await stats_listener.start()
         try:
-            yield
+            with closed_on_exit_signals(stats_events):
+                yield
         finally:
+            stats_events.close()
             await stats_listener.stop()
             await db.close()
 

@@ -6,6 +6,7 @@ from reporting.auth.tokens import TokenVerifier
 from reporting.db.engine import Database
 from reporting.settings import Settings
 from reporting.stats.cache import ResponseCache
+from reporting.stats.events import StatsEventHub
 from reporting.storage.base import ObjectStore
 
 
@@ -16,3 +17,4 @@ class AppContext:
     tokens: TokenVerifier
     store: ObjectStore
     stats_cache: ResponseCache = field(default_factory=ResponseCache)
+    stats_events: StatsEventHub = field(default_factory=StatsEventHub)

@@ -21,7 +21,7 @@ import uvicorn
 from playwright.sync_api import Browser, BrowserType, Page, Playwright, Request, sync_playwright
 
 from reporting.app import create_app
-from reporting.settings import DatabaseSettings, Settings
+from reporting.settings import DatabaseSettings, Settings, WorkerSettings
 from tests.conftest import JWT_SECRET, make_settings
 from tests.dashboard import school as school_data
 from tests.servers import free_port
@@ -171,6 +171,20 @@ def live_server(
     settings = make_settings(
         module_db_url,
         database=DatabaseSettings(DATABASE_URL=module_db_url, REPORTING_DATA_DIR=str(data_dir)),
+    )
+    yield from serve(settings, module_db_url, data_dir)
+
+
+@pytest.fixture(scope="module")
+def live_updates_server(
+    module_db_url: str, school: school_data.School, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """Like `live_server`, with REPORTING_ENABLE_LIVE_UPDATES=true (the event stream served)."""
+    data_dir = tmp_path_factory.mktemp("dashboard-live-data")
+    settings = make_settings(
+        module_db_url,
+        database=DatabaseSettings(DATABASE_URL=module_db_url, REPORTING_DATA_DIR=str(data_dir)),
+        worker=WorkerSettings(REPORTING_ENABLE_LIVE_UPDATES=True),
     )
     yield from serve(settings, module_db_url, data_dir)
 

@@ -1,86 +1,92 @@
-"""Live updates: the page reads Server-Sent Events with fetch() (the token in a header, never in
-the URL) and refreshes its numbers when an event says they changed.
-
-`GET /stats/groups/{id}/events` is not served by the API yet (REPORTING_ENABLE_LIVE_UPDATES is a
-later feature), so the stream itself comes from Playwright's route: the same bytes that route
-will send, while the numbers still come from the real API and database.
+"""Live updates: the page reads the real `GET /stats/groups/{id}/events` (Server-Sent Events,
+served with REPORTING_ENABLE_LIVE_UPDATES=true) with fetch(), the token in a header and never in
+the URL, and refreshes its numbers when the worker's NOTIFY stats_changed names its group.
 """
 
-import json
-import threading
+from collections.abc import Iterator
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import psycopg
-from playwright.sync_api import Page, Route, expect
+import pytest
+from playwright.sync_api import Page, Request, expect
 
+from reporting.context import AppContext
+from reporting.stats.events import PING_SECONDS, StatsEventHub
 from tests.builders import Attempt, make_attempts
 from tests.conftest import TokenFactory
 from tests.dashboard.conftest import LiveServer
 from tests.dashboard.pages import kpi, sign_in, wait_for_group
 from tests.dashboard.school import TEACHER_GROUPS, School, derive, notify_changed
 
+EVENTS_PATH = "/stats/groups/g-a/events"
+PAGE_PATH = "/stats/groups/g-a"
 
-class FakeStream:
-    """Answers each (re)connection with the events queued since the last one, then ends it;
-    `retry:` makes the page reconnect soon. Records the headers the page sent."""
 
-    def __init__(self) -> None:
-        self.pending: list[str] = []
-        self.lock = threading.Lock()
-        self.requests: list[dict[str, str]] = []
-        self.urls: list[str] = []
+@pytest.fixture(scope="module")
+def live_server(live_updates_server: LiveServer) -> LiveServer:
+    """In this module the dashboard's server streams events (the page guard checks its origin)."""
+    return live_updates_server
 
-    def send(self, event: str, data: object) -> None:
-        with self.lock:
-            self.pending.append(f"event: {event}\ndata: {json.dumps(data)}\n\n")
 
-    def handle(self, route: Route) -> None:
-        self.requests.append(route.request.headers)
-        self.urls.append(route.request.url)
-        with self.lock:
-            body, self.pending = "".join(self.pending), []
-        route.fulfill(
-            status=200,
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-            body=": connected\nretry: 250\n\n" + body,
-        )
+@pytest.fixture
+def hub(live_server: LiveServer) -> Iterator[StatsEventHub]:
+    context: AppContext = live_server.app.state.context  # type: ignore[attr-defined]
+    yield context.stats_events
+    context.stats_events.ping_seconds = PING_SECONDS
 
 
 def test_numbers_refresh_when_the_server_says_they_changed(
-    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+    page: Page,
+    live_server: LiveServer,
+    school: School,
+    make_token: TokenFactory,
+    hub: StatsEventHub,
 ) -> None:
-    stream = FakeStream()
-    page.route("**/stats/groups/g-a/events", stream.handle)
+    hub.ping_seconds = 0.3  # keep-alives flow all through the test
+    requests: list[Request] = []
+    page.on("request", lambda request: requests.append(request))
     token = make_token("teacher", groups=TEACHER_GROUPS)
     sign_in(page, live_server, token)
     wait_for_group(page, "7А класс")
     assert kpi(page, "attempts") == "200"
-    for _ in range(50):  # route handlers run while the page waits
-        if stream.requests:
+    # The stream is open (the page shows it) and the server holds its subscription.
+    expect(page.locator("#live-indicator")).to_be_visible()
+    for _ in range(50):
+        if len(hub) == 1:
             break
         page.wait_for_timeout(100)
-    assert stream.requests, "the page never opened the event stream"
-    assert stream.requests[0]["authorization"] == f"Bearer {token}"
-    assert stream.requests[0]["accept"] == "text/event-stream"
-    assert all(token not in url for url in stream.urls)
+    assert len(hub) == 1, f"{len(hub)} subscribers on the server"
 
-    # The worker writes new numbers; nothing changes on screen until the stream says so.
+    streams = [r for r in requests if urlsplit(r.url).path == EVENTS_PATH]
+    assert streams, "the page never opened the event stream"
+    assert streams[0].headers["authorization"] == f"Bearer {token}"
+    assert streams[0].headers["accept"] == "text/event-stream"
+    assert all(token not in r.url for r in requests)
+
+    def page_reads() -> int:
+        return sum(urlsplit(r.url).path == PAGE_PATH for r in requests)
+
+    # The worker writes new numbers; nothing changes on screen until the stream says so, and
+    # neither the pings nor another group's change make the page read its group again.
+    reads = page_reads()
     new = Attempt("a1", "g-a", "T1", attempted_at=school.now - timedelta(minutes=5))
     with psycopg.connect(live_server.db_url) as conn:
         make_attempts(conn, [new])
         school.attempts.append(new)
         derive(conn, school)
+    with psycopg.connect(live_server.db_url) as conn:
+        notify_changed(conn, ["g-b"])
+    page.wait_for_timeout(1500)
+    assert kpi(page, "attempts") == "200"
+    assert page_reads() == reads
+
+    with psycopg.connect(live_server.db_url) as conn:
         notify_changed(conn, ["g-a"])
-    page.wait_for_timeout(1000)
-    assert kpi(page, "attempts") == "200"
-
-    stream.send("ping", {})  # a keep-alive is not a change
-    page.wait_for_timeout(800)
-    assert kpi(page, "attempts") == "200"
-
-    stream.send("stats_changed", {"group_ids": ["g-a"]})
     expect(page.locator('[data-kpi="attempts"] .kpi-value')).to_have_text("201")
     expect(page.locator("#status")).to_have_text("Данные группы обновились.")
+    assert page_reads() == reads + 1
+    assert all(token not in r.url for r in requests)
 
 
 def test_the_event_stream_parser_follows_the_sse_rules(page: Page, live_server: LiveServer) -> None:

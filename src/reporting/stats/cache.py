@@ -277,18 +277,24 @@ def changed_groups(payload: str) -> list[str] | None:
 
 
 class StatsChangeListener:
-    """LISTEN stats_changed on a dedicated connection and invalidate the cache; reconnects."""
+    """LISTEN stats_changed on a dedicated connection and invalidate the cache; reconnects.
+
+    `on_change` (the live-update streams) gets every payload after the cache dropped what it
+    names, and None after a reconnect, when changes may have passed unheard. It must not block.
+    """
 
     def __init__(
         self,
         url: str,
         cache: ResponseCache,
         *,
+        on_change: Callable[[str | None], None] | None = None,
         retry_seconds: float = 0.5,
         max_retry_seconds: float = 10.0,
     ) -> None:
         self.url = url
         self.cache = cache
+        self.on_change = on_change
         self.retry_seconds = retry_seconds
         self.max_retry_seconds = max_retry_seconds
         self.notifications = 0
@@ -327,9 +333,13 @@ class StatsChangeListener:
                     self.cache.activate()
                     self._listening.set()
                     delay = self.retry_seconds
+                    if self.connects > 1 and self.on_change is not None:
+                        self.on_change(None)
                     async for notify in conn.notifies():
                         self.notifications += 1
                         self.cache.invalidate(changed_groups(notify.payload))
+                        if self.on_change is not None:
+                            self.on_change(notify.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -2,12 +2,15 @@
 
 Answers are served as the cached JSON bytes (see stats/cache.py) with an ETag; a matching
 If-None-Match gets 304. The declared response models are what the bytes contain.
+GET /stats/groups/{id}/events is the one stream: Server-Sent Events (see stats/events.py).
 """
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
 
 from reporting.auth.deps import CurrentCaller
-from reporting.stats import service
+from reporting.stats import events, service
 from reporting.stats.cache import CachedBody
 from reporting.stats.schemas import (
     GroupStatsRead,
@@ -90,6 +93,47 @@ async def read_group_stats(group_id: str, caller: CurrentCaller, request: Reques
         caller.context.db, caller.context.stats_cache, caller.scope, group_id
     )
     return _json(cached, request)
+
+
+@router.get(
+    "/groups/{group_id}/events",
+    response_class=events.EventStream,
+    status_code=200,
+    responses={
+        200: {
+            "description": "A stream that stays open: a comment and `retry: 3000` first; then "
+            '`id: <tick_id>`, `event: stats_changed`, `data: {"group_id", "tick_id"}` after each '
+            "change of this group's numbers, and `event: ping` every 15 s of quiet",
+            "content": {"text/event-stream": {}},
+        },
+        401: _READ_ERRORS[401],
+        403: _READ_ERRORS[403],
+        404: {
+            "description": "Unknown id (for those allowed to ask), or live updates are off "
+            "(REPORTING_ENABLE_LIVE_UPDATES=false)",
+            "content": _PROBLEM,
+        },
+        503: {"description": "Too many open streams on this server", "content": _PROBLEM},
+    },
+    summary="Server-Sent Events: this group's statistics changed",
+    description="The same access rules as GET /stats/groups/{id}. An event carries no numbers: "
+    "read the group again. A `Last-Event-ID` older than the group's last change gets that "
+    "change at once.",
+)
+async def follow_group_stats(
+    group_id: str,
+    caller: CurrentCaller,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> events.EventStream:
+    context = caller.context
+    return await events.follow_group(
+        context.db,
+        context.stats_cache,
+        context.stats_events,
+        caller.scope,
+        group_id,
+        last_event_id,
+    )
 
 
 @router.get(
