@@ -1,0 +1,185 @@
+"""REPORTING_ENABLE_LIVE_UPDATES end to end: the API and the analytics worker as OS processes.
+
+Flag on: an attempt ingested through the API reaches the group's stats within 5 s (the hourly
+schedule is far away) and an open SSE stream is told. Flag off: nothing changes until a tick.
+"""
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import TokenFactory
+from tests.ops import processes
+from tests.ops.processes import ServiceProcess
+
+GROUP = "g-live"
+LAG_BUDGET_SECS = 5.0
+
+DIRECTORY = {
+    "groups": [{"id": GROUP, "name": "Живая группа"}, {"id": "g-other", "name": "Другая"}],
+    "levels": [{"id": "L1", "name": "Первый", "position": 1}],
+    "topics": [{"id": "T1", "name": "Дроби", "level_id": "L1"}],
+    "users": [
+        {"id": "u1", "display_name": "Анна", "group_ids": [GROUP]},
+        {"id": "u2", "display_name": "Борис", "group_ids": ["g-other"]},
+    ],
+}
+
+
+def attempt(event_id: str, user: str = "u1", group: str = GROUP) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "user_id": user,
+        "group_id": group,
+        "topic_id": "T1",
+        "task_id": "task-1",
+        "is_correct": True,
+        "score": 3.0,
+        "hints_used": 0,
+        "time_spent_ms": 4000,
+        "attempted_at": datetime(2026, 11, 1, 9, 0, tzinfo=UTC).isoformat(),
+    }
+
+
+class Events:
+    """An SSE stream read in a thread; `events` receives (event type, data) pairs."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.status: queue.Queue[int] = queue.Queue()
+        self._client = httpx.Client(timeout=httpx.Timeout(10, read=None))
+        self._thread = threading.Thread(target=self._read, args=(url, token), daemon=True)
+        self._thread.start()
+
+    def _read(self, url: str, token: str) -> None:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        try:
+            with self._client.stream("GET", url, headers=headers) as response:
+                self.status.put(response.status_code)
+                kind = "message"
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        kind = line.split(":", 1)[1].strip()
+                    elif line.startswith("data:"):
+                        self.events.put((kind, json.loads(line.split(":", 1)[1])))
+                    elif not line:
+                        kind = "message"
+        except httpx.HTTPError:
+            pass  # closed by close()
+
+    def next_change(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            kind, data = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            if kind == "stats_changed":
+                return data
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@pytest.fixture
+def stack(
+    request: pytest.FixtureRequest, fresh_db_url: str, tmp_path: Path, make_token: TokenFactory
+) -> Iterator[tuple[ServiceProcess, httpx.Client, httpx.Client, dict[str, str]]]:
+    """The API, a school with one attempt, then the worker (flag from the test's parameter),
+    whose first tick (a full one: no running sums yet) counts that attempt."""
+    env = processes.service_env(
+        database_url=fresh_db_url,
+        data_dir=tmp_path / "data",
+        extra={
+            "REPORTING_ENABLE_LIVE_UPDATES": "true" if request.param else "false",
+            "REPORTING_WORKER_INTERVAL_SECS": "3600",
+        },
+    )
+    api = processes.start_api(env, tmp_path)
+    worker = None
+    service = httpx.Client(
+        base_url=api.url,
+        headers={"Authorization": f"Bearer {make_token('service', sub='platform')}"},
+        timeout=10,
+    )
+    teacher = httpx.Client(
+        base_url=api.url,
+        headers={"Authorization": f"Bearer {make_token('teacher', groups=[GROUP])}"},
+        timeout=10,
+    )
+    try:
+        assert service.put("/ingest/directory", json=DIRECTORY).status_code == 200
+        response = service.post("/ingest/attempts", json={"attempts": [attempt("e0")]})
+        assert response.status_code == 200, response.text
+        worker = processes.start_reporting_worker(env, tmp_path)
+        wait_total(teacher, 1, timeout=30)
+        yield api, service, teacher, env
+    finally:
+        service.close()
+        teacher.close()
+        if worker is not None:
+            assert worker.terminate() == 0, worker.tail()
+        assert api.terminate() == 0, api.tail()
+
+
+def total_attempts(teacher: httpx.Client) -> int | None:
+    response = teacher.get(f"/stats/groups/{GROUP}")
+    assert response.status_code == 200, response.text
+    stats = response.json()["stats"]
+    return None if stats is None else int(stats["metrics"]["total_attempts"])  # None: no tick yet
+
+
+def wait_total(teacher: httpx.Client, want: int, timeout: float) -> float:
+    started = time.monotonic()
+    while (total := total_attempts(teacher)) != want:
+        assert time.monotonic() - started < timeout, f"total_attempts {total}, want {want}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("stack", [True], indirect=True, ids=["live"])
+def test_live_an_ingested_attempt_reaches_the_stats_and_the_stream_within_seconds(
+    stack: tuple[ServiceProcess, httpx.Client, httpx.Client, dict[str, str]],
+    make_token: TokenFactory,
+) -> None:
+    api, service, teacher, _ = stack
+    token = make_token("teacher", groups=[GROUP])
+    events = Events(f"{api.url}/stats/groups/{GROUP}/events", token)
+    try:
+        assert events.status.get(timeout=10) == 200
+        for n in range(1, 4):
+            started = time.monotonic()
+            response = service.post("/ingest/attempts", json={"attempts": [attempt(f"e{n}")]})
+            assert response.status_code == 200 and response.json()["inserted"] == 1
+            wait_total(teacher, 1 + n, timeout=LAG_BUDGET_SECS)
+            assert time.monotonic() - started <= LAG_BUDGET_SECS
+            change = events.next_change(timeout=LAG_BUDGET_SECS)
+            assert change["group_id"] == GROUP
+        # Another group's attempt: that group's listeners only.
+        other = service.post(
+            "/ingest/attempts", json={"attempts": [attempt("x1", "u2", "g-other")]}
+        )
+        assert other.status_code == 200
+        with pytest.raises(queue.Empty):
+            events.next_change(timeout=2)
+    finally:
+        events.close()
+
+
+@pytest.mark.parametrize("stack", [False], indirect=True, ids=["off"])
+def test_flag_off_nothing_changes_until_a_tick(
+    stack: tuple[ServiceProcess, httpx.Client, httpx.Client, dict[str, str]], tmp_path: Path
+) -> None:
+    _, service, teacher, env = stack
+    response = service.post("/ingest/attempts", json={"attempts": [attempt("late")]})
+    assert response.status_code == 200 and response.json()["inserted"] == 1
+    time.sleep(3)
+    assert total_attempts(teacher) == 1
+    assert teacher.get(f"/stats/groups/{GROUP}/events").status_code == 404
+    processes.run_once("reporting-worker", env, tmp_path)  # the next tick, come early
+    wait_total(teacher, 2, timeout=10)
