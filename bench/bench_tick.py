@@ -1,4 +1,4 @@
-"""Analytics tick benchmark: `reporting-worker --once` on the 10M-attempt school.
+"""Analytics tick benchmark: `reporting-worker --once --full` on the 10M-attempt school.
 
 Targets (issue): a full tick <= 30 s wall, the worker process's peak RSS <= 300 MB.
 
@@ -48,7 +48,7 @@ def run_worker(url: str) -> Run:
     """One `reporting-worker --once` process, timed and measured by the kernel."""
     env = {**os.environ, "DATABASE_URL": url, "REPORTING_LOG_LEVEL": "WARNING"}
     started = time.perf_counter()
-    process = subprocess.Popen([str(WORKER), "--once"], env=env)
+    process = subprocess.Popen([str(WORKER), "--once", "--full"], env=env)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
