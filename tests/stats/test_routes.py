@@ -12,6 +12,8 @@ import pytest
 from reporting.errors import NotFound
 from reporting.stats import aggregate
 from reporting.stats.cache import (
+    BACKGROUND_REFRESH_LIMIT,
+    FRESH_FILL_LIMIT,
     LISTENER_APPLICATION_NAME,
     CachedBody,
     Filled,
@@ -597,8 +599,46 @@ async def test_cache_invalidates_by_group_and_school_wide_entries_always() -> No
     assert cache.invalidate(["g2"]) == 2
     assert cache.get("g1") is not None
     assert cache.get("g2") is None and cache.get("school") is None
-    assert cache.invalidate(None) == 1
-    assert len(cache) == 0
+    assert cache.invalidate(None) == 3  # everything, the already invalidated included
+    assert cache.get("g1") is None
+    # Not busy: the next reader gets the page refilled, not the invalidated one.
+    assert (await cache.get_or_fill("g1", _filler(b"1 new", frozenset({"g1"})))).body == b"1 new"
+    assert cache.served_stale == 0
+
+
+async def test_while_busy_refilling_an_invalidated_page_is_served_once_more() -> None:
+    """A tick that changed every page, under load: stale answers while a few refreshes run."""
+    cache = ResponseCache()
+    cache.activate()
+    for n in range(10):
+        await cache.get_or_fill(n, _filler(b"old", None))
+    cache.invalidate(None)
+    release = asyncio.Event()
+    started = 0
+
+    async def slow_new() -> Filled:
+        nonlocal started
+        started += 1
+        await release.wait()
+        return Filled(b"new", None)
+
+    first = [asyncio.create_task(cache.get_or_fill(n, slow_new)) for n in range(FRESH_FILL_LIMIT)]
+    await asyncio.sleep(0.01)
+    assert started == FRESH_FILL_LIMIT  # the first readers refill and wait
+
+    later = [await cache.get_or_fill(n, slow_new) for n in range(FRESH_FILL_LIMIT, 10)]
+    assert [c.body for c in later] == [b"old"] * len(later)  # answered at once, stale
+    assert cache.served_stale == len(later)
+    await asyncio.sleep(0.01)  # the background refreshes start
+    assert started == FRESH_FILL_LIMIT + BACKGROUND_REFRESH_LIMIT  # bounded background work
+
+    release.set()
+    assert {(await t).body for t in first} == {b"new"}
+    await asyncio.sleep(0.01)
+    renewed = [cache.get(n) for n in range(10)]
+    assert sum(c is not None and c.body == b"new" for c in renewed) == (
+        FRESH_FILL_LIMIT + BACKGROUND_REFRESH_LIMIT
+    )
 
 
 async def test_cache_stores_nothing_while_inactive_or_past_its_byte_budget() -> None:
