@@ -332,7 +332,8 @@ CREATE UNIQUE INDEX {index} ON {table} (user_key, topic_key, group_key);
 """
 
 # Per user and scope: 0 school (the global board, progress totals), 1 group, 2 level (their
-# boards), 3 group within a level. The partial index serves the boards' top-N reads.
+# boards), 3 group within a level. Keyed by user first: a tick reads a touched student's rows of
+# every scope; the partial index serves the boards' top-N reads.
 _STATE_USER_SCOPE = """
 CREATE UNLOGGED TABLE {table} AS
 SELECT 0::smallint AS scope, 0 AS key_1, 0 AS key_2, user_key, attempts, correct, score, hints,
@@ -349,7 +350,7 @@ UNION ALL
 SELECT 3, ug.group_key, l.level_key, ug.user_key, ug.attempts, ug.correct, ug.score, ug.hints,
        ug.hinted, ug.time_ms, ug.last_at
 FROM user_group ug JOIN level_info l ON l.level_ord = ug.level_ord WHERE ug.grain = 1;
-CREATE UNIQUE INDEX {index} ON {table} (scope, key_1, key_2, user_key);
+CREATE UNIQUE INDEX {index} ON {table} (user_key, scope, key_1, key_2);
 CREATE INDEX {board_index} ON {table} (scope, key_1, score DESC) WHERE scope < 3;
 """
 
@@ -631,6 +632,15 @@ def _use_stage(conn: psycopg.Connection, *schemas: str) -> None:
     conn.execute("SELECT set_config('search_path', %s, true)", (path,))
 
 
+def prefer_lz4(conn: psycopg.Connection) -> None:
+    """Inside a transaction: compress the progress documents with lz4 where the server has it
+    (pglz took ~4 s per half of a full tick at 10M attempts; lz4 is several times faster)."""
+    conn.execute(
+        "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings"
+        " WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)"
+    )
+
+
 def tune(conn: psycopg.Connection, **overrides: str) -> None:
     """Inside a transaction: the tick's planner and output settings (SET LOCAL)."""
     for name, value in {**_SESSION_SETTINGS, **overrides}.items():
@@ -668,12 +678,8 @@ def _half(conn: psycopg.Connection, stage: _Stage, half: int, settings: Settings
     """Inside the caller's transaction: every per-user table of one half of the users."""
     _use_stage(conn, stage.half(half), stage.shared)
     tune(conn, work_mem=_PER_USER_WORK_MEM)
-    # The documents are compressed here, in parallel, and the swap copies them compressed. pglz
-    # took ~4 s per half at 10M attempts; lz4 is several times faster where the server has it.
-    conn.execute(
-        "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings"
-        " WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)"
-    )
+    # The documents are compressed here, in parallel, and the swap copies them compressed.
+    prefer_lz4(conn)
     params = {
         "half": half,
         "halves": HALVES,
@@ -712,6 +718,9 @@ def _stage_state(conn: psycopg.Connection, half: int) -> None:
             board_index=sql.Identifier(f"{names.user_scope}_board"),
         )
     )
+    # Statistics for the incremental ticks' plans (nothing else analyzes these tables soon).
+    for table in (names.user_topic, names.user_scope):
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
 
 
 def _scope_phase(
