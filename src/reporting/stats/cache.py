@@ -64,8 +64,8 @@ class CachedBody:
 GZIP_MIN_BYTES = 1024
 # Fills running at once beyond which an invalidated entry is served stale (see the docstring),
 # and background refreshes running at once at most.
-FRESH_FILL_LIMIT = 4
-BACKGROUND_REFRESH_LIMIT = 4
+FRESH_FILL_LIMIT = 2
+BACKGROUND_REFRESH_LIMIT = 1
 
 
 async def cached_body(body: bytes) -> CachedBody:
