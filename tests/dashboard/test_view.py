@@ -234,5 +234,6 @@ def test_controls_are_labelled_and_status_is_announced(
         # Named and described by its own <title> and <desc>, which carry every figure.
         names = (chart.get_attribute("aria-labelledby") or "").split()
         assert len(names) == 2
-        assert page.locator(f"#{names[0]}").text_content()
-        assert "%" in (page.locator(f"#{names[1]}").text_content() or "")
+        # Waiting assertions: the figures are drawn once the group's numbers arrive.
+        expect(page.locator(f"#{names[0]}")).not_to_have_text("")
+        expect(page.locator(f"#{names[1]}")).to_contain_text("%")
