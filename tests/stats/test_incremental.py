@@ -3,6 +3,7 @@ which tests/stats/test_aggregate.py checks against the plain-Python reference.""
 
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -307,3 +308,22 @@ def test_boards_not_recomputed_for_an_hour_are_refreshed(
     for computed_at, expires_at in rows:
         assert computed_at == result.computed_at
         assert expires_at == result.computed_at + timedelta(hours=24)
+
+
+def test_a_full_tick_by_the_worker_vacuums_what_it_rewrote(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    fresh_load(db, tie_school())
+    assert worker.run_once(worker_settings(fresh_db_url), fresh_db_url, full=True) is (
+        worker.Outcome.SUCCESS
+    )
+    for _ in range(50):
+        db.execute("SELECT pg_stat_clear_snapshot()")
+        rows = db.execute(
+            "SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL"
+            " AND relname IN ('materialized_stats', 'leaderboards', 'progress_summary')"
+        ).fetchall()
+        if len(rows) == 3:
+            break
+        time.sleep(0.1)
+    assert sorted(r[0] for r in rows) == ["leaderboards", "materialized_stats", "progress_summary"]

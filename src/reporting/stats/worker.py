@@ -180,7 +180,9 @@ def _tick(conn: psycopg.Connection, settings: Settings, *, full: bool) -> TickRe
         if result is not None:
             return result
         log.info("running sums not valid (first tick, directory change or --full): full tick")
-    return aggregate.tick(conn, settings)
+    result = aggregate.tick(conn, settings)
+    log.info("derived tables vacuumed", extra={"seconds": aggregate.vacuum_derived(conn)})
+    return result
 
 
 def _next_turn(
