@@ -28,7 +28,14 @@ Each wrk run is printed with where it fell in the tick (seconds after its start)
 tick's phases, its swap and its notification, and the load average before and after: the machine
 has 2 cores shared by the API, the worker, PostgreSQL and wrk itself.
 
+With `--kind incremental`, the tick is the one the worker runs hourly once its running sums
+exist: `--new` (100,000) attempts of an hour of lessons (as bench_incremental.py makes them) are
+queued, `reporting-worker --once` folds them in, and wrk runs from the worker's start for
+--duration seconds and again right after it (the touched groups' pages invalidated). The added
+attempts are deleted afterwards and the sums marked stale (the next tick is a full one).
+
     .venv/bin/python bench/bench_api_under_tick.py [--runs 1] [--duration 10] [--phase per_user]
+    .venv/bin/python bench/bench_api_under_tick.py --kind incremental
 """
 
 import argparse
@@ -58,10 +65,12 @@ from bench_api import (
     seeded_and_ticked,
     serve,
 )
+from bench_incremental import clean_up, insert_new
 from bench_tick import machine
 
 from reporting.auth.tokens import issue_token
 from reporting.settings import AuthSettings
+from reporting.stats import state
 
 P99_TARGET_MS = 50.0
 WORKER = Path(sys.executable).parent / "reporting-worker"
@@ -242,6 +251,57 @@ def under_tick(
     return segments, Tick(tick_id, offset(finished), durations, offset(swap_from))
 
 
+def under_incremental_tick(
+    url: str, base: str, script: Path, args: argparse.Namespace
+) -> tuple[list[Segment], Tick]:
+    """--kind incremental: `--new` attempts of an hour of lessons (bench_incremental.py) folded
+    in by `reporting-worker --once` (the hourly tick once the running sums exist); wrk runs from
+    the worker's start for --duration s (the tick: a few seconds) and again right after it, when
+    the notification has invalidated the touched groups' pages."""
+    env = {**os.environ, "DATABASE_URL": url, "REPORTING_LOG_LEVEL": "WARNING"}
+    with psycopg.connect(url, autocommit=True) as conn:
+        if not state.is_valid(conn):
+            print("  running sums not valid: a full tick first (not measured)")
+            subprocess.run([str(WORKER), "--once", "--full"], env=env, check=True)
+        previous_id = last_tick(url)[0]
+        inserted = insert_new(conn, "lessons", args.new, int(time.time()) % 100_000)
+    print(f"  {inserted:,} new attempts queued (lessons)")
+    windows: list[tuple[str, WrkResult, datetime, datetime]] = []
+    started_at = datetime.now(UTC)
+    worker = subprocess.Popen([str(WORKER), "--once"], env=env)
+    try:
+        result = run_wrk(base, args.duration, script)
+        windows.append(("incremental tick", result, started_at, datetime.now(UTC)))
+        returncode = worker.wait(timeout=TICK_END_TIMEOUT_S)
+        after = datetime.now(UTC)
+        windows.append(("after it", run_wrk(base, args.duration, script), after, datetime.now(UTC)))
+    finally:
+        if worker.poll() is None:
+            stop(worker)
+        with psycopg.connect(url, autocommit=True) as conn:
+            clean_up(conn)
+    if returncode != 0:
+        raise SystemExit(f"reporting-worker --once exited with {returncode}")
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT id, started_at, finished_at, details->'durations' FROM worker_ticks"
+            " WHERE id > %s AND status = 'success' AND details->>'mode' = 'incremental'"
+            " ORDER BY id LIMIT 1",
+            (previous_id,),
+        ).fetchone()
+    if row is None:
+        raise SystemExit("no incremental tick was recorded")
+    durations = {str(k): float(v) for k, v in dict(row[3] or {}).items()}
+
+    def offset(moment: datetime) -> float:
+        return (moment - started_at).total_seconds()
+
+    segments = [
+        Segment(label, result, offset(start), offset(end)) for label, result, start, end in windows
+    ]
+    return segments, Tick(int(row[0]), offset(row[2]), durations, offset(row[1]))
+
+
 def line(label: str, result: WrkResult) -> str:
     return (
         f"  {label:<34}{result.requests_per_second:>9,.0f}{result.p50_ms:>9.2f}"
@@ -278,6 +338,15 @@ def main() -> int:
     parser.add_argument(
         "--settle", type=float, default=2.0, help="per_user: seconds into the tick before wrk"
     )
+    parser.add_argument(
+        "--kind",
+        choices=["full", "incremental"],
+        default="full",
+        help="the tick measured: a full one (--phase applies) or an incremental one (--new)",
+    )
+    parser.add_argument(
+        "--new", type=int, default=100_000, help="incremental: new attempts the tick folds in"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: run scripts/system-deps.sh")
@@ -305,7 +374,10 @@ def main() -> int:
         for n in range(1, args.runs + 1):
             fill_s = warm(base, group_ids, tokens)
             baseline = run_wrk(base, args.duration, script)
-            segments, tick = under_tick(url, base, script, args)
+            if args.kind == "full":
+                segments, tick = under_tick(url, base, script, args)
+            else:
+                segments, tick = under_incremental_tick(url, base, script, args)
             runs.append(Run(baseline, segments, tick))
             phases = ", ".join(f"{k} {v:.1f}" for k, v in tick.durations.items())
             print(f"run {n}: cache filled in {fill_s:.1f} s")
