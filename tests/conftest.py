@@ -10,6 +10,7 @@ a migrated template database cloned per need, settings, tokens and an ASGI clien
 import contextlib
 import os
 import secrets
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -54,6 +55,17 @@ def server_url() -> Iterator[str]:
     url = embedded.server_uri(data_dir)
     yield _with_database(url, "postgres")
     embedded.stop_server(data_dir)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# Every test's local-storage directory lives under one per session, removed at its end.
+_FILES_ROOT = Path(tempfile.mkdtemp(prefix="reporting-test-files-"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_files_root() -> Iterator[None]:
+    yield
+    shutil.rmtree(_FILES_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -122,9 +134,7 @@ def make_settings(db_url: str | None = None, **sections: object) -> Settings:
         "database": DatabaseSettings(DATABASE_URL=db_url),
         # A temp dir of its own, so exports never land in ./.reporting; share the settings
         # object between an app and a worker that must see the same files.
-        "storage": StorageSettings(
-            REPORTING_FILES_DIR=Path(tempfile.mkdtemp(prefix="reporting-test-files-"))
-        ),
+        "storage": StorageSettings(REPORTING_FILES_DIR=Path(tempfile.mkdtemp(dir=_FILES_ROOT))),
         "exports": ExportSettings(),
     }
     defaults.update(sections)

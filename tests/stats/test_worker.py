@@ -30,6 +30,20 @@ def db(fresh_db_url: str) -> Iterator[psycopg.Connection]:
         yield conn
 
 
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    """A test that fails midway must not leave its worker running (killed, then reaped)."""
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
 def start(db_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
     environ = {
         **os.environ,
@@ -39,13 +53,15 @@ def start(db_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
         "REPORTING_WORKER_LOCK_TIMEOUT_SECS": "60",
         **env,
     }
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [str(WORKER), *args],
         env=environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    _started.append(process)
+    return process
 
 
 def finish(
