@@ -32,7 +32,7 @@ With `--kind incremental`, the tick is the one the worker runs hourly once its r
 exist: `--new` (100,000) attempts of an hour of lessons (as bench_incremental.py makes them) are
 queued, `reporting-worker --once` folds them in, and wrk runs from the worker's start for
 --duration seconds and again right after it (the touched groups' pages invalidated). The added
-attempts are deleted afterwards and the sums marked stale (the next tick is a full one).
+attempts are deleted after the last run and the sums marked stale (the next tick is a full one).
 
     .venv/bin/python bench/bench_api_under_tick.py [--runs 1] [--duration 10] [--phase per_user]
     .venv/bin/python bench/bench_api_under_tick.py --kind incremental
@@ -49,6 +49,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -278,8 +280,6 @@ def under_incremental_tick(
     finally:
         if worker.poll() is None:
             stop(worker)
-        with psycopg.connect(url, autocommit=True) as conn:
-            clean_up(conn)
     if returncode != 0:
         raise SystemExit(f"reporting-worker --once exited with {returncode}")
     with psycopg.connect(url) as conn:
@@ -300,6 +300,17 @@ def under_incremental_tick(
         Segment(label, result, offset(start), offset(end)) for label, result, start, end in windows
     ]
     return segments, Tick(int(row[0]), offset(row[2]), durations, offset(row[1]))
+
+
+@contextmanager
+def added_attempts_removed(url: str, added: bool) -> Iterator[None]:
+    """After every run (the runs share the running sums the previous one left valid)."""
+    try:
+        yield
+    finally:
+        if added:
+            with psycopg.connect(url, autocommit=True) as conn:
+                clean_up(conn)
 
 
 def line(label: str, result: WrkResult) -> str:
@@ -369,7 +380,11 @@ def main() -> int:
     )
     machine("before")
     runs: list[Run] = []
-    with serve(url, secret) as base, tempfile.TemporaryDirectory() as scratch:
+    with (
+        serve(url, secret) as base,
+        tempfile.TemporaryDirectory() as scratch,
+        added_attempts_removed(url, args.kind == "incremental"),
+    ):
         script = rotation_script(group_ids, tokens, Path(scratch), BROWSER_ACCEPT_ENCODING)
         for n in range(1, args.runs + 1):
             fill_s = warm(base, group_ids, tokens)
