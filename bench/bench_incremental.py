@@ -114,15 +114,22 @@ def touched(conn: psycopg.Connection) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def clean_up(conn: psycopg.Connection) -> None:
-    started = time.perf_counter()
+def remove_added_attempts(conn: psycopg.Connection, prefix: str) -> int:
+    """Delete the attempts a benchmark added (event ids starting with `prefix`); returns how
+    many. The service never deletes attempts, so the running sums cannot follow: they are marked
+    stale (the next tick is a full one) and the queue emptied."""
     with conn.transaction():
         deleted = conn.execute(
-            "DELETE FROM attempts WHERE event_id >= %s AND event_id < %s",
-            (EVENT_PREFIX, EVENT_PREFIX[:-1] + chr(ord(EVENT_PREFIX[-1]) + 1)),
+            "DELETE FROM attempts WHERE event_id LIKE %s", (prefix + "%",)
         ).rowcount
         conn.execute("TRUNCATE attempt_queue")
         conn.execute("UPDATE aggregate_state SET directory_version = directory_version + 1")
+    return deleted
+
+
+def clean_up(conn: psycopg.Connection) -> None:
+    started = time.perf_counter()
+    deleted = remove_added_attempts(conn, EVENT_PREFIX)
     print(
         f"clean-up: {deleted:,} added attempts deleted, running sums marked stale"
         f" ({time.perf_counter() - started:.1f} s); the next tick of any benchmark is a full one"

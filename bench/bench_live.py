@@ -67,6 +67,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_api import BROWSER_ACCEPT_ENCODING, WrkResult, rotation_script, run_wrk, serve
 from bench_api_under_tick import warm
+from bench_incremental import remove_added_attempts
 from bench_seed import FULL, seeded_database
 from bench_tick import machine
 
@@ -474,15 +475,8 @@ def ticks_since(url: str, after_id: int) -> Ticks:
 
 def clean_up(url: str, prefix: str) -> int:
     """Delete the run's attempts and mark the running sums stale; returns how many went."""
-    with psycopg.connect(url) as conn:
-        deleted = conn.execute(
-            "DELETE FROM attempts WHERE event_id LIKE %s", (prefix + "%",)
-        ).rowcount
-        if deleted:
-            # The sums (and the derived rows) still count the deleted attempts: the next tick
-            # must be a full one, which rebuilds them from the attempts table.
-            conn.execute("UPDATE aggregate_state SET directory_version = directory_version + 1")
-    return deleted
+    with psycopg.connect(url, autocommit=True) as conn:
+        return remove_added_attempts(conn, prefix)
 
 
 def wrk_line(label: str, result: WrkResult) -> str:

@@ -163,16 +163,23 @@ def serve(settings: Settings, db_url: str, data_dir: Path) -> Iterator[LiveServe
         thread.join(timeout=15)
 
 
+def _serve_school(
+    db_url: str, tmp_path_factory: pytest.TempPathFactory, *, live_updates: bool
+) -> Iterator[LiveServer]:
+    data_dir = tmp_path_factory.mktemp("dashboard-data")
+    settings = make_settings(
+        db_url,
+        database=DatabaseSettings(DATABASE_URL=db_url, REPORTING_DATA_DIR=str(data_dir)),
+        worker=WorkerSettings(REPORTING_ENABLE_LIVE_UPDATES=live_updates),
+    )
+    yield from serve(settings, db_url, data_dir)
+
+
 @pytest.fixture(scope="module")
 def live_server(
     module_db_url: str, school: school_data.School, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    data_dir = tmp_path_factory.mktemp("dashboard-data")
-    settings = make_settings(
-        module_db_url,
-        database=DatabaseSettings(DATABASE_URL=module_db_url, REPORTING_DATA_DIR=str(data_dir)),
-    )
-    yield from serve(settings, module_db_url, data_dir)
+    yield from _serve_school(module_db_url, tmp_path_factory, live_updates=False)
 
 
 @pytest.fixture(scope="module")
@@ -180,13 +187,7 @@ def live_updates_server(
     module_db_url: str, school: school_data.School, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     """Like `live_server`, with REPORTING_ENABLE_LIVE_UPDATES=true (the event stream served)."""
-    data_dir = tmp_path_factory.mktemp("dashboard-live-data")
-    settings = make_settings(
-        module_db_url,
-        database=DatabaseSettings(DATABASE_URL=module_db_url, REPORTING_DATA_DIR=str(data_dir)),
-        worker=WorkerSettings(REPORTING_ENABLE_LIVE_UPDATES=True),
-    )
-    yield from serve(settings, module_db_url, data_dir)
+    yield from _serve_school(module_db_url, tmp_path_factory, live_updates=True)
 
 
 @pytest.fixture(scope="module")

@@ -439,10 +439,11 @@ LEFT JOIN level_info gl ON m.type = 'group_level' AND gl.level_ord = m.key_2;
 CREATE UNIQUE INDEX scope_sums_key ON scope_sums (type, key_1, key_2);
 """
 
-# rank = 1 + users with a strictly greater score (1, 2, 2, 4): rank() over score alone.
-_BOARDS = """
-CREATE UNLOGGED TABLE boards AS
-WITH ranked AS (
+# Each board's `rankings` from its `candidates` (scope, scope_key, user_id, display_name, score,
+# accuracy, attempts): the top %(size)s; rank = 1 + users with a strictly greater score
+# (1, 2, 2, 4), so rank() over score alone. Also the incremental ticks' (incremental.py).
+BOARD_RANKINGS: LiteralString = """
+ranked AS (
     SELECT c.*,
            rank() OVER (PARTITION BY scope, scope_key ORDER BY score DESC) AS rank,
            row_number() OVER (PARTITION BY scope, scope_key
@@ -458,6 +459,12 @@ board AS (
     FROM ranked WHERE position <= %(size)s
     GROUP BY scope, scope_key
 )
+"""
+
+_BOARDS: LiteralString = (
+    "CREATE UNLOGGED TABLE boards AS WITH"
+    + BOARD_RANKINGS
+    + """
 SELECT 'global' AS scope, 'global' AS scope_id,
        coalesce((SELECT rankings FROM board WHERE scope = 0), '[]') AS rankings
 UNION ALL
@@ -467,6 +474,7 @@ UNION ALL
 SELECT 'level', l.level_id, coalesce(b.rankings, '[]')
 FROM level_info l LEFT JOIN board b ON b.scope = 2 AND b.scope_key = l.level_ord
 """
+)
 
 _COUNTS = """
 SELECT (SELECT coalesce(sum(attempts), 0) FROM partials WHERE type = 'school'),

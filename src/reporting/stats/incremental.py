@@ -276,9 +276,10 @@ WHERE b.computed_at < now() - %(refresh_age)s::interval
 """
 
 # Per board and half: the N best scores, through the board index; every user at or above the
-# N-th best of both halves is a candidate, so rank() over the candidates is the true rank.
+# N-th best of both halves is a candidate, so rank() over the candidates is the true rank. The
+# columns are those aggregate.BOARD_RANKINGS reads.
 _BOARD_CANDIDATES: LiteralString = """
-CREATE TEMP TABLE board_candidates ON COMMIT DROP AS
+CREATE TEMP TABLE candidates ON COMMIT DROP AS
 WITH threshold AS (
     SELECT b.scope, b.key_1, (
         SELECT min(score) FROM (
@@ -299,43 +300,32 @@ _TOP_SCORES: LiteralString = """
 """
 
 _CANDIDATES_OF_HALF: LiteralString = """
-SELECT t.scope, t.key_1, s.user_key, s.score, s.correct::float8 / s.attempts AS accuracy,
-       s.attempts
+SELECT t.scope, t.key_1 AS scope_key, u.id AS user_id, u.display_name, s.score,
+       s.correct::float8 / s.attempts AS accuracy, s.attempts
 FROM threshold t
 JOIN {user_scope} s
     ON s.scope < 3 AND s.scope = t.scope AND s.key_1 = t.key_1 AND s.key_2 = 0
    AND s.score >= t.min_score
+JOIN users u ON u.key = s.user_key
 """
 
-_BOARDS: LiteralString = """
-WITH ranked AS (
-    SELECT c.scope, c.key_1, u.id AS user_id, u.display_name, c.score, c.accuracy, c.attempts,
-           rank() OVER (PARTITION BY c.scope, c.key_1 ORDER BY c.score DESC) AS rank,
-           row_number() OVER (PARTITION BY c.scope, c.key_1
-                              ORDER BY c.score DESC, c.accuracy DESC, u.id) AS position
-    FROM board_candidates c JOIN users u ON u.key = c.user_key
-),
-board AS (
-    SELECT scope, key_1,
-           jsonb_agg(jsonb_build_object('rank', rank, 'user_id', user_id,
-                                        'display_name', display_name, 'score', score,
-                                        'accuracy', accuracy, 'attempts', attempts)
-                     ORDER BY position) AS rankings
-    FROM ranked WHERE position <= %(size)s
-    GROUP BY scope, key_1
-)
+_BOARDS: LiteralString = (
+    "WITH"
+    + aggregate.BOARD_RANKINGS
+    + """
 INSERT INTO leaderboards AS b (scope, scope_id, rankings, computed_at, expires_at)
 SELECT CASE d.scope WHEN 0 THEN 'global' WHEN 1 THEN 'group' ELSE 'level' END,
        CASE d.scope WHEN 0 THEN 'global' WHEN 1 THEN g.id ELSE l.id END,
        coalesce(r.rankings, '[]'), now(), now() + make_interval(hours => %(ttl_hours)s)
 FROM boards_due d
-LEFT JOIN board r ON r.scope = d.scope AND r.key_1 = d.key_1
+LEFT JOIN board r ON r.scope = d.scope AND r.scope_key = d.key_1
 LEFT JOIN groups g ON d.scope = 1 AND g.key = d.key_1
 LEFT JOIN levels l ON d.scope = 2 AND l.key = d.key_1
 ON CONFLICT (scope, scope_id) DO UPDATE SET
     rankings = excluded.rankings, computed_at = excluded.computed_at,
     expires_at = excluded.expires_at
 """
+)
 
 
 def tick(conn: psycopg.Connection, settings: Settings) -> TickResult | None:

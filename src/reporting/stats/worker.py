@@ -17,8 +17,8 @@ The loop owns everything around a tick: the schedule, the lock, metrics, logs an
 - Kind of tick: incremental (stats/incremental.py) whenever the running sums are valid, else
   full (aggregate.py), which rebuilds them; `--full` makes every tick a full one.
 - Live updates (REPORTING_ENABLE_LIVE_UPDATES): a thread LISTENs on `attempts_ingested` and wakes
-  the loop, which ticks (incrementally) once the burst has settled for LIVE_DEBOUNCE_SECS, and at
-  most every LIVE_MIN_GAP_SECS; the scheduled ticks go on as before. A notification lost while
+  the loop, which ticks (incrementally) once the burst has settled for LIVE_DEBOUNCE_SECS; the
+  scheduled ticks go on as before. A notification lost while
   the listener reconnects costs nothing: the attempts wait in the queue for the next tick, and
   the listener wakes the loop after every reconnect.
 """
@@ -37,6 +37,7 @@ import psycopg
 from prometheus_client import start_http_server
 
 from reporting import metrics
+from reporting.ingest.copy import NOTIFY_CHANNEL as INGEST_CHANNEL
 from reporting.settings import Settings
 from reporting.stats import aggregate, incremental
 from reporting.stats.aggregate import TickResult
@@ -46,10 +47,8 @@ log = logging.getLogger(__name__)
 # pg_try_advisory_lock key of the analytics worker (any constant other lock users avoid).
 WORKER_LOCK = 0x5245_5054_4943_4B  # "REPTICK"
 
-INGEST_CHANNEL = "attempts_ingested"
 # A batch of ingestion usually comes as several notifications within milliseconds: one tick.
 LIVE_DEBOUNCE_SECS = 0.2
-LIVE_MIN_GAP_SECS = 0.5
 
 
 class Outcome(Enum):
