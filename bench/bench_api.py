@@ -358,7 +358,7 @@ def main() -> int:
         f"one page: cold {cold_ms:.1f} ms, cached {warm_ms:.1f} ms;"
         f" first pass over all groups {fill_s:.1f} s"
     )
-    print(f"wrk -t2 -c64 -d{args.duration}s --latency, 1 uvicorn worker (uvloop, httptools)")
+    print(f"wrk -t2 -c64 -d{args.duration}s --latency, 1 uvicorn worker (asyncio, httptools)")
     print(f"{'route':<32}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'ratio':>7}  verdict")
     verdicts = {}
     for name, result in runs.items():

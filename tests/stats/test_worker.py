@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.builders import Attempt, make_attempts
+from tests.db.test_priority import may_renice
 from tests.stats.test_aggregate import load, snapshot, stage_schemas, tie_school, wait_for_blocked
 
 pytestmark = pytest.mark.slow
@@ -198,6 +199,27 @@ def test_a_worker_killed_mid_swap_leaves_the_previous_results(
     assert stage_schemas(db) == []
     board = db.execute("SELECT rankings FROM leaderboards WHERE scope = 'global'").fetchone()
     assert board is not None and board[0][0]["user_id"] == "u4"
+
+
+def test_the_tick_runs_at_the_worker_niceness(db: psycopg.Connection, fresh_db_url: str) -> None:
+    with (
+        psycopg.connect(fresh_db_url) as hold_swap,
+        psycopg.connect(fresh_db_url, autocommit=True) as watcher,
+    ):
+        hold_swap.execute("LOCK TABLE progress_summary IN SHARE MODE")
+        worker = start(fresh_db_url, "--once", "--full", REPORTING_WORKER_NICE="6")
+        wait_for_blocked(watcher, "LOCK TABLE materialized_stats%")
+        row = watcher.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'reporting-worker' AND wait_event_type = 'Lock'"
+        ).fetchone()
+        assert row is not None
+        tick_niceness = os.getpriority(os.PRIO_PROCESS, row[0])
+        # Any other backend of the server runs at the server's own niceness.
+        usual = os.getpriority(os.PRIO_PROCESS, watcher.info.backend_pid)
+        hold_swap.rollback()
+        assert tick_niceness == (max(usual, 6) if may_renice(watcher) else usual)
+    assert finish(worker)[0] == 0
 
 
 def scrape(port: int) -> dict[str, float]:

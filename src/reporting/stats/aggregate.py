@@ -57,6 +57,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from reporting.db.priority import lower_backend_priority
 from reporting.settings import Settings
 from reporting.stats import state
 from reporting.stats.state import HALVES, state_tables
@@ -531,7 +532,7 @@ def tick(conn: psycopg.Connection, settings: Settings) -> TickResult:
     try:
         with timed(durations, "setup"), conn.transaction():
             _create_stage(conn, stage)
-        with _helper_connection(conn) as helper:
+        with _helper_connection(conn, settings) as helper:
             with timed(durations, "per_user"):
                 computed_at = _per_user_phase(conn, helper, stage, settings)
             with timed(durations, "scopes"):
@@ -910,13 +911,17 @@ def _drop_stage(conn: psycopg.Connection, stage: _Stage) -> None:
 
 
 @contextmanager
-def _helper_connection(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
-    """A second session on the same database, for the other half of the work."""
+def _helper_connection(
+    conn: psycopg.Connection, settings: Settings
+) -> Iterator[psycopg.Connection]:
+    """A second session on the same database, for the other half of the work (at the worker's
+    CPU priority, like the first)."""
     with psycopg.connect(
         conn.info.dsn,
         password=conn.info.password,
         application_name="reporting-worker-helper",
     ) as helper:
+        lower_backend_priority(helper, settings.worker.nice)
         yield helper
 
 

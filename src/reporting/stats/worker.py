@@ -14,6 +14,8 @@ The loop owns everything around a tick: the schedule, the lock, metrics, logs an
   way the process exits normally, so the embedded PostgreSQL is released (NOTES.md).
 - Exit code: 0 after a stop by signal; with `--once`, 0 when the tick succeeded or was skipped
   because another worker was computing, 1 when it failed.
+- CPU priority: when PostgreSQL runs on this machine, the tick's backends run at niceness
+  REPORTING_WORKER_NICE (db/priority.py), so the API's readers get the cores first.
 - Kind of tick: incremental (stats/incremental.py) whenever the running sums are valid, else
   full (aggregate.py), which rebuilds them; `--full` makes every tick a full one.
 - Live updates (REPORTING_ENABLE_LIVE_UPDATES): a thread LISTENs on `attempts_ingested` and wakes
@@ -37,6 +39,7 @@ import psycopg
 from prometheus_client import start_http_server
 
 from reporting import metrics
+from reporting.db.priority import lower_backend_priority
 from reporting.ingest.copy import NOTIFY_CHANNEL as INGEST_CHANNEL
 from reporting.settings import Settings
 from reporting.stats import aggregate, incremental
@@ -137,6 +140,7 @@ def run_once(
                     log.info("tick skipped: another analytics worker holds the lock")
                 return Outcome.SKIPPED
             # The lock is held until this connection closes.
+            lower_backend_priority(conn, settings.worker.nice)
             aggregate.discard_abandoned(conn)
             result = _tick(conn, settings, full=full)
     except Exception:
