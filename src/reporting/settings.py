@@ -99,7 +99,7 @@ class WorkerSettings(BaseSettings):
     lock_timeout_secs: float = Field(default=30, gt=0, alias="REPORTING_WORKER_LOCK_TIMEOUT_SECS")
     # The niceness of a tick's PostgreSQL backends when the server runs on this machine
     # (db/priority.py): readers get the cores first. 0 leaves them as they are.
-    nice: int = Field(default=10, ge=0, le=19, alias="REPORTING_WORKER_NICE")
+    nice: int = Field(default=19, ge=0, le=19, alias="REPORTING_WORKER_NICE")
 
 
 class ExportSettings(BaseSettings):

@@ -6,12 +6,14 @@ listening on `stats_changed`: an entry is dropped by the notification that names
 groups (or by any notification if it depends on the whole school). While the listener is
 disconnected nothing is cached, and everything is dropped when it reconnects.
 
-An invalidated entry is not thrown away at once: while few fills are running it is refilled
-before it is answered (so a reader right after a change sees the change), but when
-FRESH_FILL_LIMIT fills are already running (a tick that changed every page, under load) it is
-served once more while at most BACKGROUND_REFRESH_LIMIT background refreshes renew the pages one
-by one. Measured at 2,000 pages and 64 connections: dropping them all at once made every request
-a fill, and p99 rose from ~30 ms to ~900 ms for the 25 s the refill took.
+An invalidated entry is not thrown away at once: while no fill is running it is refilled before
+it is answered (so a reader right after a change sees the change), but when FRESH_FILL_LIMIT
+fills are already running (a tick that changed every page, under load) it is served once more
+while at most BACKGROUND_REFRESH_LIMIT background refreshes renew the pages one by one. Measured
+at 2,000 pages and 64 connections (bench/bench_api_under_tick.py): dropping them all at once
+made every request a fill, and p99 rose from ~30 ms to ~900 ms for the 25 s the refill took;
+with two fresh fills allowed, the readers that waited for one (~1 in 20 under that load) still
+made p99 ~130 ms.
 
 As a safety net for a change that came without a notification, an entry is refreshed once it is
 older than `ttl_seconds` (jittered, so pages filled together do not all refresh together): the
@@ -64,8 +66,8 @@ class CachedBody:
 GZIP_MIN_BYTES = 1024
 # Fills running at once beyond which an invalidated entry is served stale (see the docstring),
 # and background refreshes running at once at most.
-FRESH_FILL_LIMIT = 2
-BACKGROUND_REFRESH_LIMIT = 1
+FRESH_FILL_LIMIT = 1
+BACKGROUND_REFRESH_LIMIT = 2
 
 
 async def cached_body(body: bytes) -> CachedBody:
