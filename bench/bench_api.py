@@ -218,10 +218,19 @@ def serve(database_url: str, secret: str) -> Iterator[str]:
 
 
 def rotation_script(
-    group_ids: list[str], tokens: list[str], directory: Path, accept_encoding: str | None
+    group_ids: list[str],
+    tokens: list[str],
+    directory: Path,
+    accept_encoding: str | None,
+    pace_ms: int = 0,
 ) -> Path:
-    """A wrk Lua script cycling over the groups, each with its own teacher's token."""
-    path = directory / f"rotate_groups_{'gzip' if accept_encoding else 'plain'}.lua"
+    """A wrk Lua script cycling over the groups, each with its own teacher's token.
+
+    `pace_ms` > 0: each connection waits that long after an answer before its next request
+    (wrk's delay()), so the offered load is about connections / (pace + latency) per second
+    instead of all the server can take.
+    """
+    path = directory / f"rotate_groups_{'gzip' if accept_encoding else 'plain'}_{pace_ms}.lua"
     extra = f', ["Accept-Encoding"] = "{accept_encoding}"' if accept_encoding else ""
     pairs = ",\n".join(
         f'  {{"/stats/groups/{gid}", "Bearer {token}"}}'
@@ -243,6 +252,7 @@ def rotation_script(
         "  local t = targets[i]\n"
         f'  return wrk.format("GET", t[1], {{["Authorization"] = t[2]{extra}}})\n'
         "end\n"
+        + (f"function delay()\n  return {pace_ms}\nend\n" if pace_ms > 0 else "")
     )
     return path
 
