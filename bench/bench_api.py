@@ -251,8 +251,7 @@ def rotation_script(
         "  i = i % #targets + 1\n"
         "  local t = targets[i]\n"
         f'  return wrk.format("GET", t[1], {{["Authorization"] = t[2]{extra}}})\n'
-        "end\n"
-        + (f"function delay()\n  return {pace_ms}\nend\n" if pace_ms > 0 else "")
+        "end\n" + (f"function delay()\n  return {pace_ms}\nend\n" if pace_ms > 0 else "")
     )
     return path
 
