@@ -47,10 +47,10 @@ async def read_group(db: Database, cache: ResponseCache, scope: Scope, group_id:
 
     async def fill() -> Filled:
         async with db.scoped(scope) as conn:
-            page = await queries.read_group_page(conn, scope, group_id)
+            page = await queries.read_group_stats(conn, scope, group_id)
         if page is None:
             raise NotFound("No such group.")
-        return Filled(page.body, frozenset({group_id}), _seconds_left(page.leaderboard))
+        return Filled(_json(page), frozenset({group_id}), _seconds_left(page.leaderboard))
 
     return await cache.get_or_fill(("group", group_id), fill)
 
