@@ -86,6 +86,11 @@ def test_numbers_refresh_when_the_server_says_they_changed(
     expect(page.locator('[data-kpi="attempts"] .kpi-value')).to_have_text("201")
     expect(page.locator("#status")).to_have_text("Данные группы обновились.")
     assert page_reads() == reads + 1
+    # That read follows a change: it asks the API not to serve its previous copy; the first
+    # load did not need to.
+    page_requests = [r for r in requests if urlsplit(r.url).path == PAGE_PATH]
+    assert page_requests[-1].headers.get("cache-control") == "no-cache"
+    assert "cache-control" not in page_requests[0].headers
     assert all(token not in r.url for r in requests)
 
 

@@ -404,6 +404,38 @@ async def test_notify_stats_changed_serves_the_new_numbers(
     assert await _until(lambda: _equals(attempts("g1"), 32))
 
 
+async def test_no_cache_gets_a_changed_page_refilled_even_while_the_cache_is_busy(
+    live: tuple[str, httpx.AsyncClient], make_token: TokenFactory
+) -> None:
+    url, client = live
+    headers = _auth(make_token, "admin")
+
+    async def attempts(group_id: str, **extra: str) -> int:
+        response = await client.get(f"/stats/groups/{group_id}", headers={**headers, **extra})
+        assert response.status_code == 200
+        return int(response.json()["stats"]["metrics"]["total_attempts"])
+
+    assert (await attempts("g1"), await attempts("g2")) == (30, 20)
+    with psycopg.connect(url) as blocker:
+        # Keep one fill running (a learner's page waits for this lock): the cache is busy.
+        blocker.execute("LOCK TABLE progress_summary IN ACCESS EXCLUSIVE MODE")
+        busy = asyncio.create_task(client.get("/stats/users/u1", headers=headers))
+        await asyncio.sleep(0.2)
+        assert not busy.done()
+        _set_attempts(url, "g1", 31)
+        _set_attempts(url, "g2", 21, notify='{"tick_id": 7, "group_ids": ["g1", "g2"]}')
+        await asyncio.sleep(0.5)  # the app's listener takes the notification in
+
+        # A dashboard told of the change asks with no-cache: refilled, not the old copy.
+        assert await attempts("g1", **{"Cache-Control": "no-cache"}) == 31
+        # Any other reader of a changed page gets its previous answer while the cache is busy
+        # (and starts a background refresh of it).
+        assert await attempts("g2") == 20
+        blocker.rollback()
+    assert (await busy).status_code == 200
+    assert await _until(lambda: _equals(attempts("g2"), 21))
+
+
 async def _equals(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
 

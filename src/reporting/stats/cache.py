@@ -22,6 +22,10 @@ the refresh never adds to anybody's latency. Five minutes by default: a refresh 
 page costs ~10 ms of CPU, and 2,000 pages refreshed every minute took a third of a core. A hard deadline (a leaderboard's expiry) is never
 passed: such an entry is dropped, not served.
 
+A reader that knows the page changed asks for it with `Cache-Control: no-cache` (the dashboard
+does when a live update tells it so) and always gets it refilled: served stale, it would show the
+old numbers with no later event to correct them.
+
 The cache never decides who may read what: callers check the scope first and fill it through
 the scope's own query. Concurrent misses of one key share one fill.
 """
@@ -176,10 +180,19 @@ class ResponseCache:
         entry = self._entry(key)
         return entry.cached if entry is not None and not entry.invalidated else None
 
-    async def get_or_fill(self, key: Hashable, fill: Fill) -> CachedBody:
-        """The cached answer, else the one `fill` makes (stored when still current)."""
+    async def get_or_fill(self, key: Hashable, fill: Fill, *, fresh: bool = False) -> CachedBody:
+        """The cached answer, else the one `fill` makes (stored when still current).
+
+        `fresh`: the reader was told this changed (a live dashboard reloading on a change): an
+        invalidated entry is refilled for it however busy the cache is, never served stale.
+        """
         entry = self._entry(key)
-        if entry is not None and entry.invalidated and len(self._pending) >= FRESH_FILL_LIMIT:
+        if (
+            entry is not None
+            and entry.invalidated
+            and not fresh
+            and len(self._pending) >= FRESH_FILL_LIMIT
+        ):
             # Busy refilling after a change: this page's previous answer, once more.
             self.served_stale += 1
             if key not in self._pending and len(self._refreshes) < BACKGROUND_REFRESH_LIMIT:

@@ -1,7 +1,8 @@
 """GET /stats/*: the read API of the derived statistics (CONTRACT §5).
 
 Answers are served as the cached JSON bytes (see stats/cache.py) with an ETag; a matching
-If-None-Match gets 304. The declared response models are what the bytes contain.
+If-None-Match gets 304. A request with `Cache-Control: no-cache` never gets a page that changed
+served stale. The declared response models are what the bytes contain.
 GET /stats/groups/{id}/events is the one stream: Server-Sent Events (see stats/events.py).
 """
 
@@ -58,6 +59,13 @@ def _accepts_gzip(accept_encoding: str | None) -> bool:
     return False
 
 
+def _wants_fresh(request: Request) -> bool:
+    """`Cache-Control: no-cache` on the request: a page that changed is refilled, never served
+    stale (see stats/cache.py)."""
+    directives = (request.headers.get("cache-control") or "").lower().split(",")
+    return any(d.strip() in ("no-cache", "max-age=0") for d in directives)
+
+
 def _json(cached: CachedBody, request: Request) -> Response:
     # The cached bytes as they are: precompressed when the client takes gzip (browsers do).
     body, etag, encoding = cached.body, cached.etag, None
@@ -90,7 +98,11 @@ def _json(cached: CachedBody, request: Request) -> Response:
 )
 async def read_group_stats(group_id: str, caller: CurrentCaller, request: Request) -> Response:
     cached = await service.read_group(
-        caller.context.db, caller.context.stats_cache, caller.scope, group_id
+        caller.context.db,
+        caller.context.stats_cache,
+        caller.scope,
+        group_id,
+        fresh=_wants_fresh(request),
     )
     return _json(cached, request)
 
@@ -145,7 +157,11 @@ async def follow_group_stats(
 )
 async def read_user_stats(user_id: str, caller: CurrentCaller, request: Request) -> Response:
     cached = await service.read_user(
-        caller.context.db, caller.context.stats_cache, caller.scope, user_id
+        caller.context.db,
+        caller.context.stats_cache,
+        caller.scope,
+        user_id,
+        fresh=_wants_fresh(request),
     )
     return _json(cached, request)
 
@@ -159,7 +175,11 @@ async def read_user_stats(user_id: str, caller: CurrentCaller, request: Request)
 )
 async def read_topic_stats(topic_id: str, caller: CurrentCaller, request: Request) -> Response:
     cached = await service.read_topic(
-        caller.context.db, caller.context.stats_cache, caller.scope, topic_id
+        caller.context.db,
+        caller.context.stats_cache,
+        caller.scope,
+        topic_id,
+        fresh=_wants_fresh(request),
     )
     return _json(cached, request)
 
@@ -173,7 +193,11 @@ async def read_topic_stats(topic_id: str, caller: CurrentCaller, request: Reques
 )
 async def read_level_stats(level_id: str, caller: CurrentCaller, request: Request) -> Response:
     cached = await service.read_level(
-        caller.context.db, caller.context.stats_cache, caller.scope, level_id
+        caller.context.db,
+        caller.context.stats_cache,
+        caller.scope,
+        level_id,
+        fresh=_wants_fresh(request),
     )
     return _json(cached, request)
 
@@ -192,6 +216,6 @@ async def read_leaderboard(
 ) -> Response:
     context = caller.context
     cached = await service.read_leaderboard(
-        context.db, context.stats_cache, caller.scope, scope, scope_id
+        context.db, context.stats_cache, caller.scope, scope, scope_id, fresh=_wants_fresh(request)
     )
     return _json(cached, request)

@@ -41,7 +41,9 @@ def _seconds_left(leaderboard: LeaderboardRead | None) -> float | None:
     return (leaderboard.expires_at - datetime.now(UTC)).total_seconds()
 
 
-async def read_group(db: Database, cache: ResponseCache, scope: Scope, group_id: str) -> CachedBody:
+async def read_group(
+    db: Database, cache: ResponseCache, scope: Scope, group_id: str, *, fresh: bool = False
+) -> CachedBody:
     scope.require_stats_reader()
     scope.require_group(group_id)
 
@@ -52,10 +54,12 @@ async def read_group(db: Database, cache: ResponseCache, scope: Scope, group_id:
             raise NotFound("No such group.")
         return Filled(_json(page), frozenset({group_id}), _seconds_left(page.leaderboard))
 
-    return await cache.get_or_fill(("group", group_id), fill)
+    return await cache.get_or_fill(("group", group_id), fill, fresh=fresh)
 
 
-async def read_user(db: Database, cache: ResponseCache, scope: Scope, user_id: str) -> CachedBody:
+async def read_user(
+    db: Database, cache: ResponseCache, scope: Scope, user_id: str, *, fresh: bool = False
+) -> CachedBody:
     scope.require_stats_reader()
     if not scope.is_admin:
         # Membership is checked in the database on every request (it changes without any
@@ -72,7 +76,7 @@ async def read_user(db: Database, cache: ResponseCache, scope: Scope, user_id: s
         # A learner's totals move with any of their groups, seen or not: depend on everything.
         return Filled(_json(user), None)
 
-    return await cache.get_or_fill(("user", user_id, _view(scope)), fill)
+    return await cache.get_or_fill(("user", user_id, _view(scope)), fill, fresh=fresh)
 
 
 async def _read_school_wide(
@@ -82,6 +86,7 @@ async def _read_school_wide(
     kind: str,
     entity_id: str,
     read: Callable[[queries.Connection, Scope, str], Awaitable[BaseModel | None]],
+    fresh: bool,
 ) -> CachedBody:
     scope.require_stats_reader()
 
@@ -93,19 +98,33 @@ async def _read_school_wide(
         # School-wide numbers move with every group: depend on everything.
         return Filled(_json(entry), None)
 
-    return await cache.get_or_fill((kind, entity_id, _view(scope)), fill)
+    return await cache.get_or_fill((kind, entity_id, _view(scope)), fill, fresh=fresh)
 
 
-async def read_topic(db: Database, cache: ResponseCache, scope: Scope, topic_id: str) -> CachedBody:
-    return await _read_school_wide(db, cache, scope, "topic", topic_id, queries.read_topic_stats)
+async def read_topic(
+    db: Database, cache: ResponseCache, scope: Scope, topic_id: str, *, fresh: bool = False
+) -> CachedBody:
+    return await _read_school_wide(
+        db, cache, scope, "topic", topic_id, queries.read_topic_stats, fresh
+    )
 
 
-async def read_level(db: Database, cache: ResponseCache, scope: Scope, level_id: str) -> CachedBody:
-    return await _read_school_wide(db, cache, scope, "level", level_id, queries.read_level_stats)
+async def read_level(
+    db: Database, cache: ResponseCache, scope: Scope, level_id: str, *, fresh: bool = False
+) -> CachedBody:
+    return await _read_school_wide(
+        db, cache, scope, "level", level_id, queries.read_level_stats, fresh
+    )
 
 
 async def read_leaderboard(
-    db: Database, cache: ResponseCache, scope: Scope, board: LeaderboardScope, scope_id: str
+    db: Database,
+    cache: ResponseCache,
+    scope: Scope,
+    board: LeaderboardScope,
+    scope_id: str,
+    *,
+    fresh: bool = False,
 ) -> CachedBody:
     scope.require_stats_reader()
     if board == "group":
@@ -122,4 +141,4 @@ async def read_leaderboard(
         groups = frozenset({scope_id}) if board == "group" else None
         return Filled(_json(leaderboard), groups, _seconds_left(leaderboard))
 
-    return await cache.get_or_fill(("leaderboard", board, scope_id, view), fill)
+    return await cache.get_or_fill(("leaderboard", board, scope_id, view), fill, fresh=fresh)

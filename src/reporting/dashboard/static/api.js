@@ -56,10 +56,17 @@ async function problemOf(response) {
   }
 }
 
-/** One request with the bearer token; resolves to {data, headers, status}, throws ApiError. */
-export async function request(path, { method = 'GET', body, signal, token = getToken() } = {}) {
+/**
+ * One request with the bearer token; resolves to {data, headers, status}, throws ApiError.
+ * `fresh`: we were told the answer changed; the API must not serve its previous copy.
+ */
+export async function request(
+  path,
+  { method = 'GET', body, signal, token = getToken(), fresh = false } = {},
+) {
   const headers = { Accept: 'application/json' };
   if (token) headers.Authorization = `Bearer ${token}`;
+  if (fresh) headers['Cache-Control'] = 'no-cache';
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let response;
   try {

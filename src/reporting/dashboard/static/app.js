@@ -256,7 +256,8 @@ async function loadGroup(groupId, { silent = false } = {}) {
     announce(t('status.loading'));
     views.dashboard.setAttribute('aria-busy', 'true');
   }
-  const groupPromise = getJson(`/stats/groups/${enc(groupId)}`);
+  // A live reload follows a change: ask for the changed page, never the API's previous copy.
+  const groupPromise = getJson(`/stats/groups/${enc(groupId)}`, { fresh: silent });
   const studentsPromise = getJson(`/dashboard/api/groups/${enc(groupId)}/students`);
   studentsPromise.catch(() => {}); // awaited below; keep an early rejection from being "unhandled"
   let group;
