@@ -42,13 +42,15 @@ def test_the_backend_of_a_local_server_is_reniced(backend: psycopg.Connection) -
 
 
 def test_niceness_is_only_ever_raised_and_zero_leaves_it(backend: psycopg.Connection) -> None:
-    if not may_renice(backend):
-        pytest.skip("the test server's backends belong to another user")
-    assert lower_backend_priority(backend, 9)
-    assert lower_backend_priority(backend, 3)  # lowering the niceness would need privileges
-    assert niceness(backend) == 9
+    # Without the right to renice (a server of another user, no root) nothing ever changes.
+    allowed = may_renice(backend)
+    expected = max(niceness(backend), 9) if allowed else niceness(backend)
+    assert lower_backend_priority(backend, 9) is allowed
+    # Lowering the niceness again would need privileges: 3 leaves it at 9.
+    assert lower_backend_priority(backend, 3) is allowed
+    assert niceness(backend) == expected
     assert not lower_backend_priority(backend, 0)
-    assert niceness(backend) == 9
+    assert niceness(backend) == expected
 
 
 @pytest.mark.parametrize(
@@ -71,6 +73,8 @@ def test_a_server_reached_by_another_name_is_left_alone(db_url: str) -> None:
     with psycopg.connect(db_url) as probe:
         address = probe.info.hostaddr
     if not address:
+        # Only a TCP server can be reached under another name. The embedded one listens on a
+        # Unix socket only; .ci/run (make test-pg15) runs this test against PostgreSQL 15.
         pytest.skip("the test server listens on a Unix socket only (the embedded one)")
     # The same server under a name that is not a loopback one: as far as the worker can tell it
     # is another machine, whose pids are not ours to touch.

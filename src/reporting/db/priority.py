@@ -2,10 +2,10 @@
 
 A tick keeps its PostgreSQL backends busy for seconds to a minute. When the server runs on the
 machine that also runs the API (the embedded server, a one-box install), those backends compete
-with the API for the same cores, and readers' tail latency pays for it: measured on 2 cores under
-wrk, p99 of a group page went from ~30 ms to ~60 ms during a full tick. Lowering the niceness of
-the tick's own backends lets the scheduler give readers the cores first; the tick only takes
-longer while the machine is saturated.
+with the API for the same cores. Lowering the niceness of the tick's own backends lets the
+scheduler give readers the cores first; the tick only takes longer while the machine is
+saturated. (It is not the whole story: on 2 cores under wrk, the p99 of a group page during a
+full tick's per-user phase was no better with the backends under SCHED_IDLE than at nice 19.)
 
 PostgreSQL has no SQL for this, so the worker renices the backend process itself, and only when
 it can be sure that process is the one serving its connection: the server is on this machine

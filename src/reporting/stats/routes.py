@@ -60,8 +60,8 @@ def _accepts_gzip(accept_encoding: str | None) -> bool:
 
 
 def _wants_fresh(request: Request) -> bool:
-    """`Cache-Control: no-cache` on the request: a page that changed is refilled, never served
-    stale (see stats/cache.py)."""
+    """`Cache-Control: no-cache` (or `max-age=0`, a browser's reload) on the request: a page
+    that changed is refilled, never served stale (see stats/cache.py)."""
     directives = (request.headers.get("cache-control") or "").lower().split(",")
     return any(d.strip() in ("no-cache", "max-age=0") for d in directives)
 
