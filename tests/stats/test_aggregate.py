@@ -124,7 +124,9 @@ def assert_matches_reference(
 # --- random schools ---------------------------------------------------------------------------------
 
 # Ids exercise JSON escaping (quotes, backslashes, Cyrillic) and byte order (COLLATE "C").
-ID_PREFIXES = st.sampled_from(["a", "Я", 'q"', "s\\", "ü-"])
+# The last one imitates the marker an incremental tick looks for in a stored document
+# (aggregate.LEVEL_INFO): inside a JSON string its quotes are escaped, so it must never match.
+ID_PREFIXES = st.sampled_from(["a", "Я", 'q"', "s\\", "ü-", '{"level_id":"l0","topic_id":'])
 # Dyadic scores: sums are exact in any order, so equal sums really are ties on both sides.
 SCORES = st.sampled_from([0.0, 0.5, 1.0, 2.0, 2.25])
 MOMENTS = st.datetimes(

@@ -2,6 +2,7 @@
 which tests/stats/test_aggregate.py checks against the plain-Python reference."""
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from psycopg.rows import dict_row
 
 from reporting.settings import Settings
 from reporting.stats import aggregate, incremental, state, worker
-from tests.builders import Attempt, make_attempts, make_user
+from tests.builders import Attempt, make_attempts, make_level, make_topic, make_user
 from tests.stats import kpi_reference as ref
 from tests.stats.test_aggregate import close, load, schools, tie_school, worker_settings
 
@@ -58,13 +59,27 @@ def assert_same(actual: Snapshot, expected: Snapshot) -> None:
             close(actual[kind][key], value, f"{kind} {key}")
 
 
+def documents(conn: psycopg.Connection) -> dict[str, tuple[str, str, str]]:
+    """Every progress document as stored text: incremental ticks splice `topics` as text."""
+    return {
+        str(r[0]): (str(r[1]), str(r[2]), str(r[3]))
+        for r in conn.execute(
+            "SELECT user_id, totals::text, levels::text, topics::text FROM progress_summary"
+        )
+    }
+
+
 def assert_a_full_recompute_agrees(
-    conn: psycopg.Connection, settings: Settings
+    conn: psycopg.Connection, settings: Settings, *, same_text: bool = False
 ) -> aggregate.TickResult:
-    """Run a full tick over what the incremental ticks produced; every record must stay."""
-    before = snapshot(conn)
+    """Run a full tick over what the incremental ticks produced; every record must stay (and,
+    with `same_text`, every progress document byte for byte: sums that are exact in any order,
+    such as dyadic scores, print the same)."""
+    before, texts = snapshot(conn), documents(conn)
     full = aggregate.tick(conn, settings)
     assert_same(before, snapshot(conn))
+    if same_text:
+        assert texts == documents(conn)
     return full
 
 
@@ -118,7 +133,7 @@ def test_interleaved_batches_and_ticks_equal_a_full_recompute(
             tick_incrementally(db, settings)
     result = tick_incrementally(db, settings)
     assert queued(db) == 0
-    assert assert_a_full_recompute_agrees(db, settings).mode == "full"
+    assert assert_a_full_recompute_agrees(db, settings, same_text=True).mode == "full"
     if len(attempts) > first:
         assert result.tick_id or result.attempts == 0
 
@@ -137,6 +152,31 @@ def test_leaderboard_ties_stay_exact_when_ranks_shift(
     assert row is not None
     assert [(r["user_id"], r["rank"]) for r in row[0]] == [("u5", 1), ("u2", 2), ("u3", 2)]
     assert_a_full_recompute_agrees(db, settings)
+
+
+def test_a_document_that_lost_its_entries_is_rebuilt_whole(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    """A tick splices the touched levels' entries into the stored text, found by the levels'
+    markers; where the stored text lacks a marker the sums say it has, it rebuilds the whole
+    document instead of splicing at a wrong place."""
+    settings = worker_settings(fresh_db_url)
+    school = tie_school()
+    load(db, school)
+    make_level(db, "l2", position=1)
+    make_topic(db, "t2", "l2")
+    make_attempts(db, [Attempt("u1", "g1", "t2", score=3), Attempt("u2", "g1", "t2", score=1)])
+    db.execute("TRUNCATE attempt_queue")
+    aggregate.tick(db, settings)
+    expected = documents(db)
+    db.execute("UPDATE progress_summary SET topics = '[]' WHERE user_id = 'u1'")
+    # New attempts of u1 in level l2 only: a splice would keep the lost t1 entry lost.
+    make_attempts(db, [Attempt("u1", "g1", "t2", score=2), Attempt("u2", "g1", "t2", score=2)])
+    tick_incrementally(db, settings)
+    topics = json.loads(documents(db)["u1"][2])
+    assert [t["topic_id"] for t in topics] == ["t1", "t2"]
+    assert topics[1]["attempts"] == 2 and topics[0] == json.loads(expected["u1"][2])[0]
+    assert_a_full_recompute_agrees(db, settings, same_text=True)
 
 
 # --- what a tick consumes ------------------------------------------------------------------------

@@ -284,7 +284,7 @@ def test_sigterm_during_a_tick_lets_it_finish(db: psycopg.Connection, fresh_db_u
     ("args", "blocked_at"),
     [
         (["--full"], "LOCK TABLE materialized_stats%"),  # the full tick's swap
-        ([], "%WITH mine AS%"),  # the incremental tick's last step (its progress documents)
+        ([], "%WITH per_topic AS MATERIALIZED%"),  # the incremental tick's last step (documents)
     ],
     ids=["full", "incremental"],
 )

@@ -121,17 +121,21 @@ class TickResult:
 # progress_entry is a single-expression SQL function, which the planner inlines. Ingestion
 # refuses NaN and infinite scores, so every number prints as a JSON number.
 # The order of the progress documents' arrays; also used by incremental ticks (temp tables there).
+# A topic entry starts with its level's `marker` ('{"level_id":…,"topic_id":'): JSON escapes every
+# quote inside a string, so that text occurs in a document only where an entry of that level
+# begins, and an incremental tick finds a level's run of entries with strpos (incremental.py).
 LEVEL_INFO: LiteralString = """
 SELECT key AS level_key, id AS level_id,
        row_number() OVER (ORDER BY position, id)::int AS level_ord,
-       concat('{"level_id":', to_json(id), ',') AS head
+       concat('{"level_id":', to_json(id), ',') AS head,
+       concat('{"level_id":', to_json(id), ',"topic_id":') AS marker
 FROM levels
 """
 
 TOPIC_INFO: LiteralString = """
-SELECT t.key AS topic_key, t.id AS topic_id, l.level_ord,
+SELECT t.key AS topic_key, t.id AS topic_id, l.level_key, l.level_ord,
        row_number() OVER (ORDER BY l.level_ord, t.id)::int AS topic_ord,
-       concat('{"topic_id":', to_json(t.id), ',"level_id":', to_json(l.level_id), ',') AS head
+       concat(l.marker, to_json(t.id), ',') AS head
 FROM topics t JOIN level_info l ON l.level_key = t.level_key
 """
 
@@ -322,35 +326,42 @@ _HALF_STEPS = (
 # directory keys rather than this tick's ordinals. Taken from rows the half computed anyway; the
 # swap moves the tables into schema reporting_state whole, so nothing is copied twice.
 # Per (user, group, topic): what a new attempt adds to, and what a touched user's progress
-# document and group_topic/topic contributions are rebuilt from.
+# document and group_topic/topic contributions are rebuilt from. Keyed by level after the user:
+# an incremental tick rebuilds only the touched levels' entries of a document. Room is left on
+# each page, so that adding to a row writes its next version beside it and touches no index
+# (a HOT update: no key column changes).
 _STATE_USER_TOPIC = """
-CREATE UNLOGGED TABLE {table} AS
-SELECT ug.user_key, ug.group_key, t.topic_key, ug.attempts, ug.correct, ug.score, ug.hints,
-       ug.hinted, ug.time_ms, ug.last_at
+CREATE UNLOGGED TABLE {table} WITH (fillfactor = 85) AS
+SELECT ug.user_key, t.level_key, t.topic_key, ug.group_key, ug.attempts, ug.correct, ug.score,
+       ug.hints, ug.hinted, ug.time_ms, ug.last_at
 FROM user_group ug JOIN topic_info t ON t.topic_ord = ug.topic_ord
 WHERE ug.grain = 0;
-CREATE UNIQUE INDEX {index} ON {table} (user_key, topic_key, group_key);
+CREATE UNIQUE INDEX {index} ON {table} (user_key, level_key, topic_key, group_key);
 """
 
 # Per user and scope: 0 school (the global board, progress totals), 1 group, 2 level (their
 # boards), 3 group within a level. Keyed by user first: a tick reads a touched student's rows of
-# every scope; the partial index serves the boards' top-N reads.
+# every scope; the partial index serves the boards' top-N reads. Written in the rollup's order,
+# so a student's rows share a page or two (an incremental tick then dirties those, not one page
+# per scope), and with room on each page for the rows' next versions.
 _STATE_USER_SCOPE = """
-CREATE UNLOGGED TABLE {table} AS
-SELECT 0::smallint AS scope, 0 AS key_1, 0 AS key_2, user_key, attempts, correct, score, hints,
-       hinted, time_ms, last_at
-FROM rollup WHERE grain = 3
-UNION ALL
-SELECT 1, group_key, 0, user_key, attempts, correct, score, hints, hinted, time_ms, last_at
-FROM user_group WHERE grain = 3
-UNION ALL
-SELECT 2, l.level_key, 0, r.user_key, r.attempts, r.correct, r.score, r.hints, r.hinted,
+CREATE UNLOGGED TABLE {table} WITH (fillfactor = 85) AS
+SELECT s.scope, s.key_1, s.key_2, r.user_key, r.attempts, r.correct, r.score, r.hints, r.hinted,
        r.time_ms, r.last_at
-FROM rollup r JOIN level_info l ON l.level_ord = r.level_ord WHERE r.grain = 1
+FROM rollup r
+LEFT JOIN level_info l ON l.level_ord = r.level_ord
+CROSS JOIN LATERAL (
+    VALUES (CASE r.grain WHEN 3 THEN 0 ELSE 2 END::smallint, coalesce(l.level_key, 0), 0),
+           (CASE r.grain WHEN 3 THEN 1 ELSE 3 END::smallint, r.group_min, coalesce(l.level_key, 0))
+) s (scope, key_1, key_2)
+WHERE r.grain IN (1, 3)
+  -- the group scopes from here only for students with all their attempts in one group
+  AND (s.scope IN (0, 2) OR NOT EXISTS (SELECT 1 FROM multi_users m WHERE m.user_key = r.user_key))
 UNION ALL
-SELECT 3, ug.group_key, l.level_key, ug.user_key, ug.attempts, ug.correct, ug.score, ug.hints,
-       ug.hinted, ug.time_ms, ug.last_at
-FROM user_group ug JOIN level_info l ON l.level_ord = ug.level_ord WHERE ug.grain = 1;
+SELECT CASE m.grain WHEN 3 THEN 1 ELSE 3 END::smallint, m.group_key, coalesce(l.level_key, 0),
+       m.user_key, m.attempts, m.correct, m.score, m.hints, m.hinted, m.time_ms, m.last_at
+FROM multi m LEFT JOIN level_info l ON l.level_ord = m.level_ord
+WHERE m.grain IN (1, 3);
 CREATE UNIQUE INDEX {index} ON {table} (user_key, scope, key_1, key_2);
 CREATE INDEX {board_index} ON {table} (scope, key_1, score DESC) WHERE scope < 3;
 """

@@ -15,7 +15,8 @@ derives it, through the same SQL functions (reporting_state.kpi / progress_entry
 - Leaderboards of the scopes touched (global, the groups, the levels) are recomputed from the
   per-user sums through an index on score: the top N and their ties, so ranks stay exact.
   Boards not recomputed for an hour are recomputed too, so none expires while the worker runs.
-- The progress documents of the students touched are rebuilt from their sums.
+- The progress documents of the students touched are rewritten: `totals` and `levels` rebuilt
+  from their sums, and in `topics` only the entries of the levels they worked on (see _SPANS).
 
 Floating-point sums (scores, accuracies) are added in another order than a full tick adds them:
 they agree with a full recompute to ~1e-15 relative, not bit for bit; counts agree exactly.
@@ -54,6 +55,13 @@ CREATE TEMP TABLE contributions (
     type text, key_1 integer, key_2 integer, old_n bigint, old_c bigint, new_n bigint,
     new_c bigint
 ) ON COMMIT DROP;
+-- Per touched student: the rebuilt `totals` and `levels`, and the run of `topics` entries to rebuild (levels
+-- lo..hi by ordinal): the stored text keeps `before_bytes` bytes after its '[' and, when
+-- after_start is set, its bytes from there to before the closing ']'.
+CREATE TEMP TABLE spans (
+    half smallint, user_key integer, user_id text, totals text, levels text,
+    last_at timestamptz, lo integer, hi integer, before_bytes integer, after_start integer
+) ON COMMIT DROP;
 CREATE TEMP TABLE changed_scopes (
     type text, key_1 integer, key_2 integer, attempts bigint, users bigint, sum_accuracy float8,
     sum_score float8, hinted bigint, hints bigint, time_ms float8
@@ -67,20 +75,24 @@ SELECT user_key, group_key, topic_key, is_correct, score, hints_used, time_spent
 FROM taken
 """
 
-# The new attempts per (user, group, topic) and per (user, scope) of the per-user sums.
+# The new attempts per (user, level, topic, group) and per (user, scope) of the per-user sums.
+# `half` is the state half of the user: a column the planner has statistics for (it estimated
+# mod(user_key, 2) = 0 at 0.5% of the rows and chose plans for a few hundred).
 _DELTA_SUMS: LiteralString = """
 CREATE TEMP TABLE d_user_topic ON COMMIT DROP AS
-SELECT d.user_key, d.group_key, d.topic_key, t.level_key, count(*) AS attempts,
-       count(*) FILTER (WHERE d.is_correct) AS correct, sum(d.score) AS score,
-       sum(d.hints_used)::bigint AS hints, count(*) FILTER (WHERE d.hints_used > 0) AS hinted,
+SELECT mod(d.user_key, {halves})::smallint AS half, d.user_key, t.level_key, d.topic_key,
+       d.group_key, count(*) AS attempts, count(*) FILTER (WHERE d.is_correct) AS correct,
+       sum(d.score) AS score, sum(d.hints_used)::bigint AS hints,
+       count(*) FILTER (WHERE d.hints_used > 0) AS hinted,
        sum(d.time_spent_ms::float8) AS time_ms, max(d.attempted_at) AS last_at
 FROM delta d JOIN topics t ON t.key = d.topic_key
-GROUP BY d.user_key, d.group_key, d.topic_key, t.level_key;
+GROUP BY d.user_key, t.level_key, d.topic_key, d.group_key;
 
 CREATE TEMP TABLE d_user_scope ON COMMIT DROP AS
-SELECT s.scope, s.key_1, s.key_2, d.user_key, sum(d.attempts)::bigint AS attempts,
-       sum(d.correct)::bigint AS correct, sum(d.score) AS score, sum(d.hints)::bigint AS hints,
-       sum(d.hinted)::bigint AS hinted, sum(d.time_ms) AS time_ms, max(d.last_at) AS last_at
+SELECT min(d.half) AS half, s.scope, s.key_1, s.key_2, d.user_key,
+       sum(d.attempts)::bigint AS attempts, sum(d.correct)::bigint AS correct,
+       sum(d.score) AS score, sum(d.hints)::bigint AS hints, sum(d.hinted)::bigint AS hinted,
+       sum(d.time_ms) AS time_ms, max(d.last_at) AS last_at
 FROM d_user_topic d
 CROSS JOIN LATERAL (VALUES (0::smallint, 0, 0), (1::smallint, d.group_key, 0),
                            (2::smallint, d.level_key, 0), (3::smallint, d.group_key, d.level_key))
@@ -95,103 +107,180 @@ ANALYZE d_user_topic, d_user_scope, touched_users;
 
 # --- per half of the users: {user_topic} and {user_scope} are that half's state tables ---------
 
-# Before/after of every touched (user, scope) pair, read before the sums are updated.
-_CONTRIBUTIONS: LiteralString = """
-INSERT INTO contributions
-SELECT CASE d.scope WHEN 1 THEN 'group' WHEN 2 THEN 'level' ELSE 'group_level' END,
-       d.key_1, d.key_2, coalesce(o.attempts, 0), coalesce(o.correct, 0),
-       coalesce(o.attempts, 0) + d.attempts, coalesce(o.correct, 0) + d.correct
-FROM d_user_scope d
-LEFT JOIN {user_scope} o
-    ON o.scope = d.scope AND o.key_1 = d.key_1 AND o.key_2 = d.key_2 AND o.user_key = d.user_key
-WHERE d.scope > 0 AND mod(d.user_key, {halves}) = {half};
-
-INSERT INTO contributions
-SELECT 'group_topic', d.group_key, d.topic_key, coalesce(o.attempts, 0), coalesce(o.correct, 0),
-       coalesce(o.attempts, 0) + d.attempts, coalesce(o.correct, 0) + d.correct
-FROM d_user_topic d
-LEFT JOIN {user_topic} o
-    ON o.user_key = d.user_key AND o.topic_key = d.topic_key AND o.group_key = d.group_key
-WHERE mod(d.user_key, {halves}) = {half};
-
--- A topic counts a user's attempts in every group.
-INSERT INTO contributions
-SELECT 'topic', d.topic_key, 0, coalesce(o.n, 0), coalesce(o.c, 0), coalesce(o.n, 0) + d.n,
-       coalesce(o.c, 0) + d.c
-FROM (
-    SELECT user_key, topic_key, sum(attempts)::bigint AS n, sum(correct)::bigint AS c
-    FROM d_user_topic WHERE mod(user_key, {halves}) = {half}
-    GROUP BY user_key, topic_key
-) d
-LEFT JOIN LATERAL (
-    SELECT sum(attempts)::bigint AS n, sum(correct)::bigint AS c
-    FROM {user_topic} o WHERE o.user_key = d.user_key AND o.topic_key = d.topic_key
-) o ON true;
-"""
-
+# The sums grow by the new attempts; each updated row comes back with its new (attempts,
+# correct), and before = after - the new attempts' share, exactly (integers). So the
+# contributions to users and accuracy sums (see the module docstring) cost no second lookup.
 _ADD_TO_STATE: LiteralString = """
-INSERT INTO {user_topic} AS s
-SELECT user_key, group_key, topic_key, attempts, correct, score, hints, hinted, time_ms, last_at
-FROM d_user_topic WHERE mod(user_key, {halves}) = {half}
-ON CONFLICT (user_key, topic_key, group_key) DO UPDATE SET
-    attempts = s.attempts + excluded.attempts, correct = s.correct + excluded.correct,
-    score = s.score + excluded.score, hints = s.hints + excluded.hints,
-    hinted = s.hinted + excluded.hinted, time_ms = s.time_ms + excluded.time_ms,
-    last_at = greatest(s.last_at, excluded.last_at);
+WITH d AS (SELECT * FROM d_user_topic WHERE half = {half}),
+updated AS (
+    INSERT INTO {user_topic} AS s
+    SELECT user_key, level_key, topic_key, group_key, attempts, correct, score, hints, hinted,
+           time_ms, last_at
+    FROM d
+    ORDER BY user_key, level_key, topic_key, group_key
+    ON CONFLICT (user_key, level_key, topic_key, group_key) DO UPDATE SET
+        attempts = s.attempts + excluded.attempts, correct = s.correct + excluded.correct,
+        score = s.score + excluded.score, hints = s.hints + excluded.hints,
+        hinted = s.hinted + excluded.hinted, time_ms = s.time_ms + excluded.time_ms,
+        last_at = greatest(s.last_at, excluded.last_at)
+    RETURNING s.user_key, s.level_key, s.topic_key, s.group_key, s.attempts, s.correct
+)
+INSERT INTO contributions
+SELECT 'group_topic', u.group_key, u.topic_key, u.attempts - d.attempts, u.correct - d.correct,
+       u.attempts, u.correct
+FROM updated u JOIN d USING (user_key, level_key, topic_key, group_key);
 
-INSERT INTO {user_scope} AS s
-SELECT scope, key_1, key_2, user_key, attempts, correct, score, hints, hinted, time_ms, last_at
-FROM d_user_scope WHERE mod(user_key, {halves}) = {half}
-ON CONFLICT (user_key, scope, key_1, key_2) DO UPDATE SET
-    attempts = s.attempts + excluded.attempts, correct = s.correct + excluded.correct,
-    score = s.score + excluded.score, hints = s.hints + excluded.hints,
-    hinted = s.hinted + excluded.hinted, time_ms = s.time_ms + excluded.time_ms,
-    last_at = greatest(s.last_at, excluded.last_at);
+WITH d AS (SELECT * FROM d_user_scope WHERE half = {half}),
+updated AS (
+    INSERT INTO {user_scope} AS s
+    SELECT scope, key_1, key_2, user_key, attempts, correct, score, hints, hinted, time_ms,
+           last_at
+    FROM d
+    ORDER BY user_key, scope, key_1, key_2
+    ON CONFLICT (user_key, scope, key_1, key_2) DO UPDATE SET
+        attempts = s.attempts + excluded.attempts, correct = s.correct + excluded.correct,
+        score = s.score + excluded.score, hints = s.hints + excluded.hints,
+        hinted = s.hinted + excluded.hinted, time_ms = s.time_ms + excluded.time_ms,
+        last_at = greatest(s.last_at, excluded.last_at)
+    RETURNING s.user_key, s.scope, s.key_1, s.key_2, s.attempts, s.correct
+)
+INSERT INTO contributions
+SELECT CASE u.scope WHEN 1 THEN 'group' WHEN 2 THEN 'level' ELSE 'group_level' END,
+       u.key_1, u.key_2, u.attempts - d.attempts, u.correct - d.correct, u.attempts, u.correct
+FROM updated u JOIN d USING (user_key, scope, key_1, key_2)
+WHERE u.scope > 0;
+
+-- A topic counts a user's attempts in every group: after the update, from all the user's rows.
+INSERT INTO contributions
+SELECT 'topic', d.topic_key, 0, o.n - d.n, o.c - d.c, o.n, o.c
+FROM (
+    SELECT user_key, level_key, topic_key, sum(attempts)::bigint AS n,
+           sum(correct)::bigint AS c
+    FROM d_user_topic WHERE half = {half}
+    GROUP BY user_key, level_key, topic_key
+) d
+CROSS JOIN LATERAL (
+    SELECT sum(attempts)::bigint AS n, sum(correct)::bigint AS c
+    FROM {user_topic} o
+    WHERE o.user_key = d.user_key AND o.level_key = d.level_key AND o.topic_key = d.topic_key
+) o;
 """
 
-# The touched students' documents, as the full tick builds them (see aggregate._PROGRESS). Set
-# based: one pass over the students' rows in index order and one hash of the topics; a LATERAL
-# per student re-hashed the 500 topics for each one (2x the time).
-_PROGRESS: LiteralString = """
+# The touched students' documents. `levels` is rebuilt whole (~20 entries). In `topics`, only the
+# run of entries of the touched levels (from the lowest to the highest; usually one level, ~5 of
+# ~90 entries) is rebuilt from the sums, as the full tick builds entries (aggregate._PROGRESS);
+# the text around it is kept as stored. The run is found by the levels' markers (see
+# aggregate.LEVEL_INFO): it starts at the first entry of the first level at or after the lowest
+# touched one that the stored document has, and ends before the first entry of the first later
+# level it has. A document that does not hold a marker the sums say it holds (it cannot happen
+# while both are written only by ticks) is rebuilt whole rather than spliced wrongly.
+_SPANS: LiteralString = """
+INSERT INTO spans
 WITH mine AS (
-    SELECT user_key FROM touched_users WHERE mod(user_key, {halves}) = {half}
+    SELECT d.user_key, min(l.level_ord) AS lo, max(l.level_ord) AS hi,
+           array_agg(d.key_1) AS levels_touched, array_agg(d.attempts) AS new_attempts
+    FROM d_user_scope d JOIN level_info l ON l.level_key = d.key_1
+    WHERE d.half = {half} AND d.scope = 2
+    GROUP BY d.user_key
 ),
-per_topic AS (
-    SELECT s.user_key, s.topic_key, sum(s.attempts)::bigint AS attempts,
-           sum(s.correct)::bigint AS correct, sum(s.score) AS score,
-           sum(s.hints)::bigint AS hints, sum(s.time_ms) AS time_ms
-    FROM mine m JOIN {user_topic} s ON s.user_key = m.user_key
-    GROUP BY s.user_key, s.topic_key
+per_user AS (
+    SELECT m.user_key, u.id AS user_id, m.lo, m.hi, lv.*
+    FROM mine m
+    JOIN users u ON u.key = m.user_key
+    -- LATERAL: one index range per student (a join read every level row of the half).
+    CROSS JOIN LATERAL (
+        SELECT '[' || string_agg(reporting_state.progress_entry(l.head, s.attempts, s.correct,
+                                                                s.score, s.hints, s.time_ms),
+                                 ',' ORDER BY l.level_ord) FILTER (WHERE s.scope = 2)
+                   || ']' AS levels,
+               (array_agg(l.marker ORDER BY l.level_ord)
+                   FILTER (WHERE s.stored AND l.level_ord >= m.lo))[1] AS run_marker,
+               (array_agg(l.marker ORDER BY l.level_ord)
+                   FILTER (WHERE s.stored AND l.level_ord > m.hi))[1] AS next_marker,
+               min(reporting_state.progress_entry('{{', s.attempts, s.correct, s.score, s.hints,
+                                                  s.time_ms)) FILTER (WHERE s.scope = 0)
+                   AS totals,
+               max(s.last_at) FILTER (WHERE s.scope = 0) AS last_at
+        FROM (
+            SELECT s.*, s.attempts > coalesce(
+                       m.new_attempts[array_position(m.levels_touched, s.key_1)], 0) AS stored
+            FROM {user_scope} s
+            WHERE s.user_key = m.user_key AND s.scope IN (0, 2) AND s.key_2 = 0
+        ) s
+        LEFT JOIN level_info l ON s.scope = 2 AND l.level_key = s.key_1
+    ) lv
 ),
-topic_entries AS (
+found AS (
+    -- Byte positions in the stored text (character positions cost a walk over UTF-8 per call);
+    -- OFFSET 0 keeps each document read and searched once.
+    SELECT p.*, octet_length(d.doc) AS doc_bytes,
+           CASE WHEN p.run_marker IS NULL THEN octet_length(d.doc)
+                ELSE position(convert_to(p.run_marker, 'UTF8') IN d.doc) END AS run_start,
+           CASE WHEN p.next_marker IS NULL THEN octet_length(d.doc)
+                ELSE position(convert_to(p.next_marker, 'UTF8') IN d.doc) END AS run_end
+    FROM per_user p
+    LEFT JOIN LATERAL (
+        SELECT convert_to(ps.topics::text, 'UTF8') AS doc
+        FROM progress_summary ps WHERE ps.user_id = p.user_id
+        OFFSET 0
+    ) d ON true
+    OFFSET 0
+)
+SELECT {half}, user_key, user_id, totals, levels, last_at,
+       CASE WHEN whole THEN 1 ELSE lo END, CASE WHEN whole THEN 2147483647 ELSE hi END,
+       -- the entries before the run: bytes 2.. (after '[', before the run's ',')
+       CASE WHEN whole THEN 0 WHEN run_marker IS NULL THEN doc_bytes - 2
+            ELSE greatest(run_start - 3, 0) END,
+       -- the entries after it: from the next level's first entry to before ']'
+       CASE WHEN NOT whole AND next_marker IS NOT NULL THEN run_end END
+FROM (
+    SELECT *, coalesce(run_start = 0 OR run_end = 0 OR run_end < run_start, true) AS whole
+    FROM found
+) f
+"""
+
+_PROGRESS: LiteralString = """
+WITH per_topic AS MATERIALIZED (
+    -- The touched levels' sums per topic: a few index ranges per student.
+    SELECT sp.user_key, t.*
+    FROM spans sp
+    CROSS JOIN LATERAL (
+        SELECT s.topic_key, sum(s.attempts)::bigint AS attempts,
+               sum(s.correct)::bigint AS correct, sum(s.score) AS score,
+               sum(s.hints)::bigint AS hints, sum(s.time_ms) AS time_ms
+        FROM level_info l
+        JOIN {user_topic} s ON s.user_key = sp.user_key AND s.level_key = l.level_key
+        WHERE l.level_ord BETWEEN sp.lo AND sp.hi
+        GROUP BY s.topic_key
+    ) t
+    WHERE sp.half = {half}
+),
+run AS (
+    -- MATERIALIZED above: else the topics are hashed again for every student.
     SELECT t.user_key,
-           '[' || string_agg(reporting_state.progress_entry(i.head, t.attempts, t.correct,
-                                                            t.score, t.hints, t.time_ms),
-                             ',' ORDER BY i.topic_ord) || ']' AS entries
+           string_agg(reporting_state.progress_entry(i.head, t.attempts, t.correct, t.score,
+                                                     t.hints, t.time_ms),
+                      ',' ORDER BY i.topic_ord) AS entries
     FROM per_topic t JOIN topic_info i ON i.topic_key = t.topic_key
     GROUP BY t.user_key
-),
-level_entries AS (
-    SELECT s.user_key,
-           '[' || string_agg(reporting_state.progress_entry(i.head, s.attempts, s.correct,
-                                                            s.score, s.hints, s.time_ms),
-                             ',' ORDER BY i.level_ord) || ']' AS entries
-    FROM mine m
-    JOIN {user_scope} s ON s.user_key = m.user_key AND s.scope = 2 AND s.key_2 = 0
-    JOIN level_info i ON i.level_key = s.key_1
-    GROUP BY s.user_key
 )
 INSERT INTO progress_summary AS p (user_id, totals, levels, topics, last_activity_at, computed_at)
-SELECT u.id,
-       reporting_state.progress_entry('{{', t.attempts, t.correct, t.score, t.hints,
-                                      t.time_ms)::json,
-       coalesce(l.entries, '[]')::json, coalesce(tp.entries, '[]')::json, t.last_at, now()
-FROM mine m
-JOIN users u ON u.key = m.user_key
-JOIN {user_scope} t
-    ON t.user_key = m.user_key AND t.scope = 0 AND t.key_1 = 0 AND t.key_2 = 0
-LEFT JOIN level_entries l ON l.user_key = m.user_key
-LEFT JOIN topic_entries tp ON tp.user_key = m.user_key
+SELECT sp.user_id, sp.totals::json, sp.levels::json,
+       ('[' || concat_ws(',', d.before, r.entries, d.after) || ']')::json, sp.last_at, now()
+FROM spans sp
+JOIN run r ON r.user_key = sp.user_key
+LEFT JOIN LATERAL (
+    SELECT nullif(convert_from(substring(x.doc FROM 2 FOR sp.before_bytes), 'UTF8'), '')
+               AS before,
+           convert_from(substring(x.doc FROM sp.after_start
+                                  FOR octet_length(x.doc) - sp.after_start), 'UTF8') AS after
+    FROM (
+        SELECT convert_to(ps.topics::text, 'UTF8') AS doc
+        FROM progress_summary ps WHERE ps.user_id = sp.user_id
+        OFFSET 0
+    ) x
+) d ON true
+WHERE sp.half = {half}
 ON CONFLICT (user_id) DO UPDATE SET
     totals = excluded.totals, levels = excluded.levels, topics = excluded.topics,
     last_activity_at = excluded.last_activity_at, computed_at = excluded.computed_at
@@ -358,12 +447,13 @@ def _fold(conn: psycopg.Connection, settings: Settings, durations: dict[str, flo
         conn.execute(_TEMP_TABLES)
         taken = conn.execute(_TAKE_QUEUE).rowcount
     with step("sums"):
-        conn.execute(_DELTA_SUMS)
+        conn.execute(sql.SQL(_DELTA_SUMS).format(halves=sql.Literal(state.HALVES)))
         conn.execute("CREATE TEMP TABLE level_info ON COMMIT DROP AS" + aggregate.LEVEL_INFO)
         conn.execute("CREATE TEMP TABLE topic_info ON COMMIT DROP AS" + aggregate.TOPIC_INFO)
+        # Per-student lookups below read a few entries each: indexes, not a hash of all 500.
+        conn.execute("CREATE UNIQUE INDEX ON topic_info (topic_key)")
+        conn.execute("CREATE UNIQUE INDEX ON level_info (level_key)")
         conn.execute("ANALYZE level_info, topic_info")
-        for half in range(state.HALVES):
-            conn.execute(_per_half(_CONTRIBUTIONS, half))
         for half in range(state.HALVES):
             conn.execute(_per_half(_ADD_TO_STATE, half))
         conn.execute(_SCOPE_SUMS)
@@ -378,6 +468,9 @@ def _fold(conn: psycopg.Connection, settings: Settings, durations: dict[str, flo
         conn.execute(_board_candidates(), params)
         boards = conn.execute(_BOARDS, params).rowcount
     with step("progress"):
+        for half in range(state.HALVES):
+            conn.execute(_per_half(_SPANS, half))
+        conn.execute("ANALYZE spans")
         progress = sum(
             conn.execute(_per_half(_PROGRESS, half)).rowcount for half in range(state.HALVES)
         )
