@@ -151,7 +151,11 @@ async def test_group_answer_has_the_contract_shape_and_orders(
     assert all(set(t) == {"topic_id", "name", "level_id", "metrics"} for t in body["topics"])
     assert all(set(t["metrics"]) == METRIC_KEYS for t in body["topics"])
     assert all(set(lv["metrics"]) == METRIC_KEYS for lv in body["levels"])
+    assert all(set(lv["metrics"]) == METRIC_KEYS for lv in body["levels"])
     assert body["topics"][0]["metrics"]["total_attempts"] == 5
+    # The lists are spliced in as PostgreSQL built them: the whole page still is the model.
+    page = GroupStatsRead.model_validate_json(response.content)
+    assert page.model_dump(mode="json") == body
     # The lists are spliced in as PostgreSQL built them: the whole page still is the model.
     page = GroupStatsRead.model_validate_json(response.content)
     assert page.model_dump(mode="json") == body

@@ -49,10 +49,10 @@ async def read_group(
 
     async def fill() -> Filled:
         async with db.scoped(scope) as conn:
-            page = await queries.read_group_stats(conn, scope, group_id)
+            page = await queries.read_group_page(conn, scope, group_id)
         if page is None:
             raise NotFound("No such group.")
-        return Filled(_json(page), frozenset({group_id}), _seconds_left(page.leaderboard))
+        return Filled(page.body, frozenset({group_id}), _seconds_left(page.leaderboard))
 
     return await cache.get_or_fill(("group", group_id), fill, fresh=fresh)
 
