@@ -23,7 +23,9 @@ window is a live, incremental one.
    admin) shows total_attempts >= what group g (one of the batch's groups) must hold after that
    batch (its total read before phase B + what was posted to it since). Groups with pending
    batches are polled every --poll-interval seconds (a lag is an upper bound by that much); a
-   batch not seen after --lag-timeout seconds counts as missed (an infinite lag).
+   batch not seen after --lag-timeout seconds counts as missed (an infinite lag). A second probe
+   polls materialized_stats itself the same way: the lag until the worker's tick has written
+   the batch (what the issue names), apart from the API's cache renewing the page after it.
 
 With --pace-ms, each wrk connection pauses between requests: a steady load the API can serve
 (64 connections pausing 40 ms offer ~1,500 req/s, 40% of what one API process takes), as a
@@ -60,11 +62,12 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -143,13 +146,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class LagProbe:
-    """Polls, as an admin, the groups that have batches not yet seen in their stats."""
+    """Polls the groups that have batches not yet seen in their totals, through `read_total`
+    (None when a read failed)."""
 
     def __init__(
-        self, client: httpx.AsyncClient, token: str, interval: float, timeout: float
+        self, read_total: Callable[[str], Awaitable[int | None]], interval: float, timeout: float
     ) -> None:
-        self.client = client
-        self.headers = {"Authorization": f"Bearer {token}"}
+        self.read_total = read_total
         self.interval = interval
         self.timeout = timeout
         self.pending: dict[str, list[Pending]] = defaultdict(list)
@@ -171,7 +174,12 @@ class LagProbe:
 
     async def _watch(self, group_id: str) -> None:
         while self.pending[group_id]:
-            total = await self._total(group_id)
+            self.polls += 1
+            try:
+                total = await self.read_total(group_id)
+            except (httpx.HTTPError, psycopg.Error) as error:
+                self.poll_errors.append(f"{type(error).__name__}: {error}")
+                total = None
             seen_at = time.monotonic()
             waiting = []
             for p in self.pending[group_id]:
@@ -187,17 +195,36 @@ class LagProbe:
         # No await since the loop's test: nothing was added in between.
         del self._watchers[group_id]
 
-    async def _total(self, group_id: str) -> int | None:
-        self.polls += 1
-        try:
-            response = await self.client.get(f"/stats/groups/{group_id}", headers=self.headers)
-        except httpx.HTTPError as error:
-            self.poll_errors.append(f"{type(error).__name__}: {error}")
-            return None
+    def all_lags(self) -> list[float]:
+        return self.lags + [math.inf] * self.missed
+
+
+def page_totals(client: httpx.AsyncClient, token: str) -> Callable[[str], Awaitable[int | None]]:
+    """A group's total as an admin's GET /stats/groups/{id} answers it (the API's cache too)."""
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def read(group_id: str) -> int | None:
+        response = await client.get(f"/stats/groups/{group_id}", headers=headers)
         if response.status_code != 200:
-            self.poll_errors.append(f"{response.status_code} {response.text[:200]}")
-            return None
+            raise httpx.HTTPError(f"{response.status_code} {response.text[:200]}")
         return total_of(response.json())
+
+    return read
+
+
+def table_totals(conn: psycopg.AsyncConnection[Any]) -> Callable[[str], Awaitable[int | None]]:
+    """A group's total as materialized_stats holds it (what the worker's ticks wrote)."""
+
+    async def read(group_id: str) -> int | None:
+        cur = await conn.execute(
+            "SELECT (metrics->>'total_attempts')::bigint FROM materialized_stats"
+            " WHERE type = 'group' AND entity_id = %s",
+            (group_id,),
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    return read
 
 
 def total_of(page: dict[str, object]) -> int:
@@ -392,19 +419,23 @@ async def read_totals(base: str, admin_token: str, group_ids: list[str]) -> dict
 async def phase_b(
     args: argparse.Namespace,
     base: str,
+    url: str,
     batches: list[Batch],
     service_token: str,
     admin_token: str,
     script: Path,
-) -> tuple[LoadResult, LagProbe, WrkResult]:
-    """The loader, the lag probe and wrk (the middle of the window), all at once."""
+) -> tuple[LoadResult, LagProbe, LagProbe, WrkResult]:
+    """The loader, the lag probes (the API's answer, the table) and wrk (the middle of the
+    window), all at once."""
     load = LoadResult()
     limits = httpx.Limits(max_connections=64)
     async with (
         httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as poster,
         httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as reader,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as db,
     ):
-        probe = LagProbe(reader, admin_token, args.poll_interval, args.lag_timeout)
+        probe = LagProbe(page_totals(reader, admin_token), args.poll_interval, args.lag_timeout)
+        table_probe = LagProbe(table_totals(db), args.poll_interval, args.lag_timeout)
         headers = {
             "Authorization": f"Bearer {service_token}",
             "Content-Type": "application/json",
@@ -430,7 +461,9 @@ async def phase_b(
                 return
             load.batches += 1
             load.attempts += batch.attempts
-            probe.expect(batch.probe_group, Pending(batch.index, batch.expected_total, posted_at))
+            pending = Pending(batch.index, batch.expected_total, posted_at)
+            probe.expect(batch.probe_group, pending)
+            table_probe.expect(batch.probe_group, pending)
 
         wrk_delay = max(0.0, (args.duration - args.wrk_duration) / 2)
         wrk_seconds = min(args.wrk_duration, args.duration)
@@ -453,8 +486,10 @@ async def phase_b(
         await asyncio.gather(*posts)
         load.seconds = time.monotonic() - started
         wrk = await wrk_task
-        await asyncio.wait_for(probe.drain(), timeout=args.lag_timeout + 30)
-    return load, probe, wrk
+        await asyncio.wait_for(
+            asyncio.gather(probe.drain(), table_probe.drain()), timeout=args.lag_timeout + 30
+        )
+    return load, probe, table_probe, wrk
 
 
 def ticks_since(url: str, after_id: int) -> Ticks:
@@ -587,8 +622,8 @@ def main() -> int:
                 f" ({args.batches_per_second}/s for {args.duration} s) over {len(members)} groups,"
                 f" {args.groups_per_batch} a batch; wrk for the middle {args.wrk_duration} s"
             )
-            load, probe, during = asyncio.run(
-                phase_b(args, base, batches, service_token, admin_token, script)
+            load, probe, table_probe, during = asyncio.run(
+                phase_b(args, base, url, batches, service_token, admin_token, script)
             )
             ticks = ticks_since(url, last_tick_id)
     finally:
@@ -605,7 +640,8 @@ def main() -> int:
         )
     machine("after")
 
-    lags = probe.lags + [math.inf] * probe.missed
+    lags = probe.all_lags()
+    table_lags = table_probe.all_lags()
     rate = load.attempts / load.seconds if load.seconds > 0 else 0.0
     lag_p99 = percentile(lags, 99)
     ratio = during.p99_ms / baseline.p99_ms if baseline.p99_ms > 0 else math.inf
@@ -630,6 +666,15 @@ def main() -> int:
         f" {args.poll_interval} s per pending group, {len(probe.poll_errors)} errors"
     )
     for error in probe.poll_errors[:5]:
+        print(f"    {error}")
+    print(
+        f"lag to materialized_stats (POST returned -> the table shows the batch):"
+        f" p50 {seconds_text(percentile(table_lags, 50))} s,"
+        f" p95 {seconds_text(percentile(table_lags, 95))} s,"
+        f" p99 {seconds_text(percentile(table_lags, 99))} s; {table_probe.missed} missed;"
+        f" {len(table_probe.poll_errors)} errors"
+    )
+    for error in table_probe.poll_errors[:5]:
         print(f"    {error}")
     print(
         f"worker: {ticks.incremental} incremental ticks folding {ticks.attempts_folded:,} attempts;"
@@ -659,6 +704,11 @@ def main() -> int:
                     for value in [percentile(lags, q)]
                 },
                 "lag_missed": probe.missed,
+                "table_lag_seconds": {
+                    f"p{q}": None if math.isinf(value) else value
+                    for q in (50, 95, 99)
+                    for value in [percentile(table_lags, q)]
+                },
                 "baseline": asdict(baseline),
                 "during": asdict(during),
                 "ticks": asdict(ticks),
