@@ -10,10 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
+from reporting.db.schema import alembic_config
 from reporting.settings import Settings
 from reporting.stats import aggregate, incremental, state, worker
 from tests.builders import Attempt, make_attempts, make_level, make_topic, make_user
@@ -273,6 +275,26 @@ def test_an_upsert_that_changes_nothing_keeps_the_sums_valid(
     fresh_load(db, tie_school())
     aggregate.tick(db, worker_settings(fresh_db_url))
     db.execute("UPDATE users SET display_name = display_name WHERE false")
+    assert state.is_valid(db)
+
+
+def test_sums_of_the_previous_layout_are_not_trusted_after_the_upgrade(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    """Migration 0003 changed the sums' layout: sums an older worker left valid must not be
+    updated by this one (its SQL would fail on them every tick)."""
+    settings = worker_settings(fresh_db_url)
+    fresh_load(db, tie_school())
+    aggregate.tick(db, settings)
+    config = alembic_config(fresh_db_url)
+    command.downgrade(config, "0002")
+    # As an older worker would have left them: sums marked valid.
+    db.execute(f"CREATE TABLE {state.SCHEMA}.{state.SENTINEL} AS SELECT 1::bigint AS tick_id")
+    assert state.is_valid(db)
+    command.upgrade(config, "head")
+    assert not state.is_valid(db)
+    assert incremental.tick(db, settings) is None
+    assert worker.run_once(settings, fresh_db_url) is worker.Outcome.SUCCESS
     assert state.is_valid(db)
 
 
