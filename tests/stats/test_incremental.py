@@ -156,7 +156,7 @@ def test_leaderboard_ties_stay_exact_when_ranks_shift(
     assert_a_full_recompute_agrees(db, settings)
 
 
-def test_a_document_that_lost_its_entries_is_rebuilt_whole(
+def test_documents_that_lost_entries_are_rebuilt_whole(
     db: psycopg.Connection, fresh_db_url: str
 ) -> None:
     """A tick splices the touched levels' entries into the stored text, found by the levels'
@@ -172,12 +172,14 @@ def test_a_document_that_lost_its_entries_is_rebuilt_whole(
     aggregate.tick(db, settings)
     expected = documents(db)
     db.execute("UPDATE progress_summary SET topics = '[]' WHERE user_id = 'u1'")
+    db.execute("UPDATE progress_summary SET levels = '[]' WHERE user_id = 'u2'")
     # New attempts of u1 in level l2 only: a splice would keep the lost t1 entry lost.
     make_attempts(db, [Attempt("u1", "g1", "t2", score=2), Attempt("u2", "g1", "t2", score=2)])
     tick_incrementally(db, settings)
     topics = json.loads(documents(db)["u1"][2])
     assert [t["topic_id"] for t in topics] == ["t1", "t2"]
     assert topics[1]["attempts"] == 2 and topics[0] == json.loads(expected["u1"][2])[0]
+    assert [lv["level_id"] for lv in json.loads(documents(db)["u2"][1])] == ["l1", "l2"]
     assert_a_full_recompute_agrees(db, settings, same_text=True)
 
 

@@ -15,8 +15,8 @@ derives it, through the same SQL functions (reporting_state.kpi / progress_entry
 - Leaderboards of the scopes touched (global, the groups, the levels) are recomputed from the
   per-user sums through an index on score: the top N and their ties, so ranks stay exact.
   Boards not recomputed for an hour are recomputed too, so none expires while the worker runs.
-- The progress documents of the students touched are rewritten: `totals` and `levels` rebuilt
-  from their sums, and in `topics` only the entries of the levels they worked on (see _SPANS).
+- The progress documents of the students touched are rewritten: `totals` rebuilt from their
+  sums, and in `levels` and `topics` only the entries of the levels they worked on (_SPANS).
 
 Floating-point sums (scores, accuracies) are added in another order than a full tick adds them:
 they agree with a full recompute to ~1e-15 relative, not bit for bit; counts agree exactly.
@@ -55,12 +55,14 @@ CREATE TEMP TABLE contributions (
     type text, key_1 integer, key_2 integer, old_n bigint, old_c bigint, new_n bigint,
     new_c bigint
 ) ON COMMIT DROP;
--- Per touched student: the rebuilt `totals` and `levels`, and the run of `topics` entries to rebuild (levels
--- lo..hi by ordinal): the stored text keeps `before_bytes` bytes after its '[' and, when
--- after_start is set, its bytes from there to before the closing ']'.
+-- Per touched student: the rebuilt `totals`, and the run of levels lo..hi (by ordinal) whose
+-- entries are rebuilt in `levels` (levels_run) and `topics`. Of each stored text, the bytes
+-- after its '[' up to *_before are kept before the run and, when *_after is set, its bytes from
+-- there to before the closing ']' after it; `whole` (a document not as the sums say): rebuilt.
 CREATE TEMP TABLE spans (
-    half smallint, user_key integer, user_id text, totals text, levels text,
-    last_at timestamptz, lo integer, hi integer, before_bytes integer, after_start integer
+    half smallint, user_key integer, user_id text, totals text, last_at timestamptz,
+    whole boolean, lo integer, hi integer, levels_run text, t_before integer, t_after integer,
+    l_before integer, l_after integer
 ) ON COMMIT DROP;
 CREATE TEMP TABLE changed_scopes (
     type text, key_1 integer, key_2 integer, attempts bigint, users bigint, sum_accuracy float8,
@@ -166,14 +168,15 @@ CROSS JOIN LATERAL (
 ) o;
 """
 
-# The touched students' documents. `levels` is rebuilt whole (~20 entries). In `topics`, only the
-# run of entries of the touched levels (from the lowest to the highest; usually one level, ~5 of
-# ~90 entries) is rebuilt from the sums, as the full tick builds entries (aggregate._PROGRESS);
-# the text around it is kept as stored. The run is found by the levels' markers (see
-# aggregate.LEVEL_INFO): it starts at the first entry of the first level at or after the lowest
-# touched one that the stored document has, and ends before the first entry of the first later
-# level it has. A document that does not hold a marker the sums say it holds (it cannot happen
-# while both are written only by ticks) is rebuilt whole rather than spliced wrongly.
+# The touched students' documents. In `levels` and `topics`, only the run of entries of the
+# touched levels (from the lowest to the highest; usually one level: 1 of ~20 level entries and
+# ~5 of ~90 topic entries) is rebuilt from the sums, as the full tick builds entries
+# (aggregate._PROGRESS); the text around it is kept as stored. The run is found by the levels'
+# markers (see aggregate.LEVEL_INFO): it starts at the first entry of the first level at or
+# after the lowest touched one that the stored document has, and ends before the first entry of
+# the first later level it has. A document that does not hold a marker the sums say it holds (it
+# cannot happen while both are written only by ticks) is rebuilt whole rather than spliced
+# wrongly.
 _SPANS: LiteralString = """
 INSERT INTO spans
 WITH mine AS (
@@ -189,14 +192,13 @@ per_user AS (
     JOIN users u ON u.key = m.user_key
     -- LATERAL: one index range per student (a join read every level row of the half).
     CROSS JOIN LATERAL (
-        SELECT '[' || string_agg(reporting_state.progress_entry(l.head, s.attempts, s.correct,
-                                                                s.score, s.hints, s.time_ms),
-                                 ',' ORDER BY l.level_ord) FILTER (WHERE s.scope = 2)
-                   || ']' AS levels,
-               (array_agg(l.marker ORDER BY l.level_ord)
-                   FILTER (WHERE s.stored AND l.level_ord >= m.lo))[1] AS run_marker,
-               (array_agg(l.marker ORDER BY l.level_ord)
-                   FILTER (WHERE s.stored AND l.level_ord > m.hi))[1] AS next_marker,
+        SELECT string_agg(reporting_state.progress_entry(l.head, s.attempts, s.correct, s.score,
+                                                         s.hints, s.time_ms),
+                          ',' ORDER BY l.level_ord)
+                   FILTER (WHERE l.level_ord BETWEEN m.lo AND m.hi) AS levels_run,
+               -- the run: from the first stored level at or after lo to before the first after hi
+               min(l.level_ord) FILTER (WHERE s.stored AND l.level_ord >= m.lo) AS run_ord,
+               min(l.level_ord) FILTER (WHERE s.stored AND l.level_ord > m.hi) AS next_ord,
                min(reporting_state.progress_entry('{{', s.attempts, s.correct, s.score, s.hints,
                                                   s.time_ms)) FILTER (WHERE s.scope = 0)
                    AS totals,
@@ -211,30 +213,45 @@ per_user AS (
     ) lv
 ),
 found AS (
-    -- Byte positions in the stored text (character positions cost a walk over UTF-8 per call);
-    -- OFFSET 0 keeps each document read and searched once.
-    SELECT p.*, octet_length(d.doc) AS doc_bytes,
-           CASE WHEN p.run_marker IS NULL THEN octet_length(d.doc)
-                ELSE position(convert_to(p.run_marker, 'UTF8') IN d.doc) END AS run_start,
-           CASE WHEN p.next_marker IS NULL THEN octet_length(d.doc)
-                ELSE position(convert_to(p.next_marker, 'UTF8') IN d.doc) END AS run_end
+    -- Byte positions in the stored texts (character positions cost a walk over UTF-8 per
+    -- call); the closing bracket's when there is no such level. OFFSET 0 keeps each document
+    -- read and searched once. A `levels` entry begins with its level's head then "attempts".
+    SELECT p.*, d.*,
+           CASE WHEN p.run_ord IS NULL THEN octet_length(d.topics)
+                ELSE position(convert_to(r.marker, 'UTF8') IN d.topics) END AS t_start,
+           CASE WHEN p.next_ord IS NULL THEN octet_length(d.topics)
+                ELSE position(convert_to(n.marker, 'UTF8') IN d.topics) END AS t_end,
+           CASE WHEN p.run_ord IS NULL THEN octet_length(d.levels)
+                ELSE position(convert_to(r.head || '"attempts":', 'UTF8') IN d.levels) END
+               AS l_start,
+           CASE WHEN p.next_ord IS NULL THEN octet_length(d.levels)
+                ELSE position(convert_to(n.head || '"attempts":', 'UTF8') IN d.levels) END
+               AS l_end
     FROM per_user p
+    LEFT JOIN level_info r ON r.level_ord = p.run_ord
+    LEFT JOIN level_info n ON n.level_ord = p.next_ord
     LEFT JOIN LATERAL (
-        SELECT convert_to(ps.topics::text, 'UTF8') AS doc
+        SELECT convert_to(ps.topics::text, 'UTF8') AS topics,
+               convert_to(ps.levels::text, 'UTF8') AS levels
         FROM progress_summary ps WHERE ps.user_id = p.user_id
         OFFSET 0
     ) d ON true
     OFFSET 0
 )
-SELECT {half}, user_key, user_id, totals, levels, last_at,
+SELECT {half}, user_key, user_id, totals, last_at, whole,
        CASE WHEN whole THEN 1 ELSE lo END, CASE WHEN whole THEN 2147483647 ELSE hi END,
+       levels_run,
        -- the entries before the run: bytes 2.. (after '[', before the run's ',')
-       CASE WHEN whole THEN 0 WHEN run_marker IS NULL THEN doc_bytes - 2
-            ELSE greatest(run_start - 3, 0) END,
+       CASE WHEN whole THEN 0 WHEN run_ord IS NULL THEN octet_length(topics) - 2
+            ELSE greatest(t_start - 3, 0) END,
        -- the entries after it: from the next level's first entry to before ']'
-       CASE WHEN NOT whole AND next_marker IS NOT NULL THEN run_end END
+       CASE WHEN NOT whole AND next_ord IS NOT NULL THEN t_end END,
+       CASE WHEN whole THEN 0 WHEN run_ord IS NULL THEN octet_length(levels) - 2
+            ELSE greatest(l_start - 3, 0) END,
+       CASE WHEN NOT whole AND next_ord IS NOT NULL THEN l_end END
 FROM (
-    SELECT *, coalesce(run_start = 0 OR run_end = 0 OR run_end < run_start, true) AS whole
+    SELECT *, coalesce(t_start = 0 OR t_end = 0 OR t_end < t_start
+                       OR l_start = 0 OR l_end = 0 OR l_end < l_start, true) AS whole
     FROM found
 ) f
 """
@@ -265,17 +282,29 @@ run AS (
     GROUP BY t.user_key
 )
 INSERT INTO progress_summary AS p (user_id, totals, levels, topics, last_activity_at, computed_at)
-SELECT sp.user_id, sp.totals::json, sp.levels::json,
-       ('[' || concat_ws(',', d.before, r.entries, d.after) || ']')::json, sp.last_at, now()
+SELECT sp.user_id, sp.totals::json,
+       CASE WHEN sp.whole THEN (
+           SELECT '[' || string_agg(reporting_state.progress_entry(l.head, s.attempts, s.correct,
+                                                                   s.score, s.hints, s.time_ms),
+                                    ',' ORDER BY l.level_ord) || ']'
+           FROM {user_scope} s JOIN level_info l ON l.level_key = s.key_1
+           WHERE s.user_key = sp.user_key AND s.scope = 2 AND s.key_2 = 0)
+       ELSE '[' || concat_ws(',', d.l_before, sp.levels_run, d.l_after) || ']' END::json,
+       ('[' || concat_ws(',', d.t_before, r.entries, d.t_after) || ']')::json, sp.last_at, now()
 FROM spans sp
 JOIN run r ON r.user_key = sp.user_key
 LEFT JOIN LATERAL (
-    SELECT nullif(convert_from(substring(x.doc FROM 2 FOR sp.before_bytes), 'UTF8'), '')
-               AS before,
-           convert_from(substring(x.doc FROM sp.after_start
-                                  FOR octet_length(x.doc) - sp.after_start), 'UTF8') AS after
+    SELECT nullif(convert_from(substring(x.topics FROM 2 FOR sp.t_before), 'UTF8'), '')
+               AS t_before,
+           convert_from(substring(x.topics FROM sp.t_after
+                                  FOR octet_length(x.topics) - sp.t_after), 'UTF8') AS t_after,
+           nullif(convert_from(substring(x.levels FROM 2 FOR sp.l_before), 'UTF8'), '')
+               AS l_before,
+           convert_from(substring(x.levels FROM sp.l_after
+                                  FOR octet_length(x.levels) - sp.l_after), 'UTF8') AS l_after
     FROM (
-        SELECT convert_to(ps.topics::text, 'UTF8') AS doc
+        SELECT convert_to(ps.topics::text, 'UTF8') AS topics,
+               convert_to(ps.levels::text, 'UTF8') AS levels
         FROM progress_summary ps WHERE ps.user_id = sp.user_id
         OFFSET 0
     ) x
