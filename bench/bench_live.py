@@ -158,6 +158,7 @@ class LagProbe:
         self.pending: dict[str, list[Pending]] = defaultdict(list)
         self.lags: list[float] = []
         self.missed = 0
+        self.samples: list[tuple[float, float]] = []  # (posted_at, lag; inf when missed)
         self.polls = 0
         self.poll_errors: list[str] = []
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -185,8 +186,10 @@ class LagProbe:
             for p in self.pending[group_id]:
                 if total is not None and total >= p.expected:
                     self.lags.append(seen_at - p.posted_at)
+                    self.samples.append((p.posted_at, seen_at - p.posted_at))
                 elif seen_at - p.posted_at > self.timeout:
                     self.missed += 1
+                    self.samples.append((p.posted_at, math.inf))
                 else:
                     waiting.append(p)
             self.pending[group_id] = waiting
@@ -197,6 +200,12 @@ class LagProbe:
 
     def all_lags(self) -> list[float]:
         return self.lags + [math.inf] * self.missed
+
+    def split(self, window: tuple[float, float]) -> tuple[list[float], list[float]]:
+        """The lags of batches posted while wrk ran, and of the others."""
+        inside = [lag for at, lag in self.samples if window[0] <= at <= window[1]]
+        outside = [lag for at, lag in self.samples if not window[0] <= at <= window[1]]
+        return inside, outside
 
 
 def page_totals(client: httpx.AsyncClient, token: str) -> Callable[[str], Awaitable[int | None]]:
@@ -424,7 +433,7 @@ async def phase_b(
     service_token: str,
     admin_token: str,
     script: Path,
-) -> tuple[LoadResult, LagProbe, LagProbe, WrkResult]:
+) -> tuple[LoadResult, LagProbe, LagProbe, WrkResult, tuple[float, float]]:
     """The loader, the lag probes (the API's answer, the table) and wrk (the middle of the
     window), all at once."""
     load = LoadResult()
@@ -468,9 +477,15 @@ async def phase_b(
         wrk_delay = max(0.0, (args.duration - args.wrk_duration) / 2)
         wrk_seconds = min(args.wrk_duration, args.duration)
 
+        window = [math.inf, math.inf]
+
         async def middle_wrk() -> WrkResult:
             await asyncio.sleep(wrk_delay)
-            return await asyncio.to_thread(run_wrk, base, wrk_seconds, script)
+            window[0] = time.monotonic()
+            try:
+                return await asyncio.to_thread(run_wrk, base, wrk_seconds, script)
+            finally:
+                window[1] = time.monotonic()
 
         wrk_task = asyncio.create_task(middle_wrk())
         posts = []
@@ -489,7 +504,7 @@ async def phase_b(
         await asyncio.wait_for(
             asyncio.gather(probe.drain(), table_probe.drain()), timeout=args.lag_timeout + 30
         )
-    return load, probe, table_probe, wrk
+    return load, probe, table_probe, wrk, (window[0], window[1])
 
 
 def ticks_since(url: str, after_id: int) -> Ticks:
@@ -622,7 +637,7 @@ def main() -> int:
                 f" ({args.batches_per_second}/s for {args.duration} s) over {len(members)} groups,"
                 f" {args.groups_per_batch} a batch; wrk for the middle {args.wrk_duration} s"
             )
-            load, probe, table_probe, during = asyncio.run(
+            load, probe, table_probe, during, wrk_window = asyncio.run(
                 phase_b(args, base, url, batches, service_token, admin_token, script)
             )
             ticks = ticks_since(url, last_tick_id)
@@ -676,6 +691,15 @@ def main() -> int:
     )
     for error in table_probe.poll_errors[:5]:
         print(f"    {error}")
+    for name, lag_probe in (("through the API", probe), ("to the table", table_probe)):
+        inside, outside = lag_probe.split(wrk_window)
+        print(
+            f"  lag {name}: batches posted while wrk ran ({len(inside)}):"
+            f" p50 {seconds_text(percentile(inside, 50))} s,"
+            f" p99 {seconds_text(percentile(inside, 99))} s;"
+            f" the others ({len(outside)}): p50 {seconds_text(percentile(outside, 50))} s,"
+            f" p99 {seconds_text(percentile(outside, 99))} s"
+        )
     print(
         f"worker: {ticks.incremental} incremental ticks folding {ticks.attempts_folded:,} attempts;"
         f" tick p50 {percentile(ticks.seconds, 50):.3f} s, p95 {percentile(ticks.seconds, 95):.3f}"
