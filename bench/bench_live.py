@@ -156,8 +156,6 @@ class LagProbe:
         self.interval = interval
         self.timeout = timeout
         self.pending: dict[str, list[Pending]] = defaultdict(list)
-        self.lags: list[float] = []
-        self.missed = 0
         self.samples: list[tuple[float, float]] = []  # (posted_at, lag; inf when missed)
         self.polls = 0
         self.poll_errors: list[str] = []
@@ -185,10 +183,8 @@ class LagProbe:
             waiting = []
             for p in self.pending[group_id]:
                 if total is not None and total >= p.expected:
-                    self.lags.append(seen_at - p.posted_at)
                     self.samples.append((p.posted_at, seen_at - p.posted_at))
                 elif seen_at - p.posted_at > self.timeout:
-                    self.missed += 1
                     self.samples.append((p.posted_at, math.inf))
                 else:
                     waiting.append(p)
@@ -198,8 +194,17 @@ class LagProbe:
         # No await since the loop's test: nothing was added in between.
         del self._watchers[group_id]
 
+    @property
+    def lags(self) -> list[float]:
+        """Of the batches seen."""
+        return [lag for _, lag in self.samples if not math.isinf(lag)]
+
+    @property
+    def missed(self) -> int:
+        return sum(1 for _, lag in self.samples if math.isinf(lag))
+
     def all_lags(self) -> list[float]:
-        return self.lags + [math.inf] * self.missed
+        return [lag for _, lag in self.samples]
 
     def split(self, window: tuple[float, float]) -> tuple[list[float], list[float]]:
         """The lags of batches posted while wrk ran, and of the others."""

@@ -101,18 +101,23 @@ CROSS JOIN LATERAL (VALUES (0::smallint, 0, 0), (1::smallint, d.group_key, 0),
     AS s (scope, key_1, key_2)
 GROUP BY s.scope, s.key_1, s.key_2, d.user_key;
 
-CREATE TEMP TABLE touched_users ON COMMIT DROP AS
-SELECT DISTINCT user_key FROM d_user_topic;
-
-ANALYZE d_user_topic, d_user_scope, touched_users;
+ANALYZE d_user_topic, d_user_scope;
 """
 
 # --- per half of the users: {user_topic} and {user_scope} are that half's state tables ---------
 
+# What an upsert of new attempts' sums (`excluded`) into a row of running sums (`s`) sets.
+_ADD_SUMS: LiteralString = """
+    attempts = s.attempts + excluded.attempts, correct = s.correct + excluded.correct,
+    score = s.score + excluded.score, hints = s.hints + excluded.hints,
+    hinted = s.hinted + excluded.hinted, time_ms = s.time_ms + excluded.time_ms,
+    last_at = greatest(s.last_at, excluded.last_at)"""
+
 # The sums grow by the new attempts; each updated row comes back with its new (attempts,
 # correct), and before = after - the new attempts' share, exactly (integers). So the
 # contributions to users and accuracy sums (see the module docstring) cost no second lookup.
-_ADD_TO_STATE: LiteralString = """
+_ADD_TO_STATE: LiteralString = (
+    """
 WITH d AS (SELECT * FROM d_user_topic WHERE half = {half}),
 updated AS (
     INSERT INTO {user_topic} AS s
@@ -120,11 +125,9 @@ updated AS (
            time_ms, last_at
     FROM d
     ORDER BY user_key, level_key, topic_key, group_key
-    ON CONFLICT (user_key, level_key, topic_key, group_key) DO UPDATE SET
-        attempts = s.attempts + excluded.attempts, correct = s.correct + excluded.correct,
-        score = s.score + excluded.score, hints = s.hints + excluded.hints,
-        hinted = s.hinted + excluded.hinted, time_ms = s.time_ms + excluded.time_ms,
-        last_at = greatest(s.last_at, excluded.last_at)
+    ON CONFLICT (user_key, level_key, topic_key, group_key) DO UPDATE SET"""
+    + _ADD_SUMS
+    + """
     RETURNING s.user_key, s.level_key, s.topic_key, s.group_key, s.attempts, s.correct
 )
 INSERT INTO contributions
@@ -139,11 +142,9 @@ updated AS (
            last_at
     FROM d
     ORDER BY user_key, scope, key_1, key_2
-    ON CONFLICT (user_key, scope, key_1, key_2) DO UPDATE SET
-        attempts = s.attempts + excluded.attempts, correct = s.correct + excluded.correct,
-        score = s.score + excluded.score, hints = s.hints + excluded.hints,
-        hinted = s.hinted + excluded.hinted, time_ms = s.time_ms + excluded.time_ms,
-        last_at = greatest(s.last_at, excluded.last_at)
+    ON CONFLICT (user_key, scope, key_1, key_2) DO UPDATE SET"""
+    + _ADD_SUMS
+    + """
     RETURNING s.user_key, s.scope, s.key_1, s.key_2, s.attempts, s.correct
 )
 INSERT INTO contributions
@@ -167,6 +168,7 @@ CROSS JOIN LATERAL (
     WHERE o.user_key = d.user_key AND o.level_key = d.level_key AND o.topic_key = d.topic_key
 ) o;
 """
+)
 
 # The touched students' documents. In `levels` and `topics`, only the run of entries of the
 # touched levels (from the lowest to the highest; usually one level: 1 of ~20 level entries and
@@ -504,7 +506,7 @@ def _fold(conn: psycopg.Connection, settings: Settings, durations: dict[str, flo
             conn.execute(_per_half(_PROGRESS, half)).rowcount for half in range(state.HALVES)
         )
     row = conn.execute(
-        "SELECT now(), (SELECT count(*) FROM touched_users),"
+        "SELECT now(), (SELECT count(DISTINCT user_key) FROM d_user_topic),"
         # The groups whose page changed: new attempts there, or their board refreshed.
         " array(SELECT g.id FROM groups g"
         "       WHERE g.key IN (SELECT group_key FROM d_user_topic"
