@@ -18,14 +18,16 @@ window is a live, incremental one.
    attempts to /ingest/attempts (a service token) on a fixed schedule. The attempts are new (event
    ids `live-<timestamp>-<batch>-<n>`), each by a student of one of --groups active groups in the
    student's own group, --groups-per-batch groups a batch (as a platform flushing what its classes
-   do). Meanwhile the same wrk run as phase A covers the middle --wrk-duration seconds, and a
-   probe measures each batch's lag: from its POST returning until GET /stats/groups/{g} (as an
-   admin) shows total_attempts >= what group g (one of the batch's groups) must hold after that
-   batch (its total read before phase B + what was posted to it since). Groups with pending
-   batches are polled every --poll-interval seconds (a lag is an upper bound by that much); a
-   batch not seen after --lag-timeout seconds counts as missed (an infinite lag). A second probe
-   polls materialized_stats itself the same way: the lag until the worker's tick has written
-   the batch (what the issue names), apart from the API's cache renewing the page after it.
+   do). Meanwhile the same wrk run as phase A covers the middle --wrk-duration seconds, and two
+   probes measure each batch's lag from its POST returning until group g (one of the batch's
+   groups) shows total_attempts >= what it must hold after that batch (its total read before
+   phase B + what was posted to it since):
+   - as a live dashboard sees it: the event stream of every active group is held open
+     (GET /stats/groups/{g}/events, an admin's token), and when g's stream tells of a change,
+     GET /stats/groups/{g} with `Cache-Control: no-cache` (what the dashboard sends then);
+   - at the table: materialized_stats polled every --poll-interval seconds (a lag is an upper
+     bound by that much): when the worker's tick has written the batch (what the issue names).
+   A batch not seen after --lag-timeout seconds counts as missed (an infinite lag).
 
 With --pace-ms, each wrk connection pauses between requests: a steady load the API can serve
 (64 connections pausing 40 ms offer ~1,500 req/s, 40% of what one API process takes), as a
@@ -113,7 +115,8 @@ class Batch:
 class Pending:
     batch: int
     expected: int
-    posted_at: float  # time.monotonic() when the POST returned
+    started_at: float  # time.monotonic() when the POST started
+    posted_at: float  # time.monotonic() when it returned
 
 
 @dataclass
@@ -146,14 +149,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class LagProbe:
-    """Polls the groups that have batches not yet seen in their totals, through `read_total`
-    (None when a read failed)."""
+    """Watches the groups that have batches not yet seen in their totals: reads a group's total
+    through `read_total` (None when a read failed) whenever `wait` says a read is due (it returns
+    False when it only timed out, and then only the timeouts are checked)."""
 
     def __init__(
-        self, read_total: Callable[[str], Awaitable[int | None]], interval: float, timeout: float
+        self,
+        read_total: Callable[[str], Awaitable[int | None]],
+        wait: Callable[[str], Awaitable[bool]],
+        timeout: float,
     ) -> None:
         self.read_total = read_total
-        self.interval = interval
+        self.wait = wait
         self.timeout = timeout
         self.pending: dict[str, list[Pending]] = defaultdict(list)
         self.samples: list[tuple[float, float]] = []  # (posted_at, lag; inf when missed)
@@ -172,13 +179,15 @@ class LagProbe:
             await asyncio.gather(*self._watchers.values())
 
     async def _watch(self, group_id: str) -> None:
+        read = True
         while self.pending[group_id]:
-            self.polls += 1
-            try:
-                total = await self.read_total(group_id)
-            except (httpx.HTTPError, psycopg.Error) as error:
-                self.poll_errors.append(f"{type(error).__name__}: {error}")
-                total = None
+            total = None
+            if read:
+                self.polls += 1
+                try:
+                    total = await self.read_total(group_id)
+                except (httpx.HTTPError, psycopg.Error) as error:
+                    self.poll_errors.append(f"{type(error).__name__}: {error}")
             seen_at = time.monotonic()
             waiting = []
             for p in self.pending[group_id]:
@@ -190,7 +199,7 @@ class LagProbe:
                     waiting.append(p)
             self.pending[group_id] = waiting
             if waiting:
-                await asyncio.sleep(self.interval)
+                read = await self.wait(group_id)
         # No await since the loop's test: nothing was added in between.
         del self._watchers[group_id]
 
@@ -213,9 +222,82 @@ class LagProbe:
         return inside, outside
 
 
+def every(seconds: float) -> Callable[[str], Awaitable[bool]]:
+    """Polling: a read is due every `seconds`."""
+
+    async def wait(group_id: str) -> bool:
+        await asyncio.sleep(seconds)
+        return True
+
+    return wait
+
+
+class GroupEvents:
+    """The groups' event streams (GET /stats/groups/{id}/events), held open as a live dashboard
+    holds its group's: `wait` says a read is due when the group's stream has told of a change."""
+
+    def __init__(self, client: httpx.AsyncClient, token: str, group_ids: list[str]) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.changed = {g: asyncio.Event() for g in group_ids}
+        self.last_event_at = dict.fromkeys(group_ids, -math.inf)
+        self.events = 0
+        self.errors: list[str] = []
+        self._streams: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        """Every stream open (its response begun) before this returns."""
+        opened = [asyncio.Event() for _ in self.changed]
+        self._streams = [
+            asyncio.create_task(self._follow(g, ready))
+            for g, ready in zip(self.changed, opened, strict=True)
+        ]
+        await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in opened)), 60)
+        if self.errors:
+            raise SystemExit(f"cannot open the event streams: {self.errors[0]}")
+
+    async def close(self) -> None:
+        for task in self._streams:
+            task.cancel()
+        await asyncio.gather(*self._streams, return_exceptions=True)
+
+    async def _follow(self, group_id: str, ready: asyncio.Event) -> None:
+        url = f"/stats/groups/{group_id}/events"
+        try:
+            async with self.client.stream("GET", url, headers=self.headers) as response:
+                if response.status_code != 200:
+                    self.errors.append(f"{group_id}: {response.status_code}")
+                    return
+                ready.set()
+                async for line in response.aiter_lines():
+                    if line == "event: stats_changed":
+                        self.events += 1
+                        self.last_event_at[group_id] = time.monotonic()
+                        self.changed[group_id].set()
+        except httpx.HTTPError as error:
+            self.errors.append(f"{group_id}: {type(error).__name__}: {error}")
+        finally:
+            ready.set()
+
+    def posted(self, group_id: str, pending: Pending) -> None:
+        """A batch the group's stream may already have told of (a tick counted it before its
+        POST returned): read once more rather than wait for an event that has passed."""
+        if self.last_event_at[group_id] >= pending.started_at:
+            self.changed[group_id].set()
+
+    async def wait(self, group_id: str) -> bool:
+        try:
+            await asyncio.wait_for(self.changed[group_id].wait(), 1.0)
+        except TimeoutError:
+            return False
+        self.changed[group_id].clear()
+        return True
+
+
 def page_totals(client: httpx.AsyncClient, token: str) -> Callable[[str], Awaitable[int | None]]:
-    """A group's total as an admin's GET /stats/groups/{id} answers it (the API's cache too)."""
-    headers = {"Authorization": f"Bearer {token}"}
+    """A group's total as GET /stats/groups/{id} answers a reader told of a change (an admin's
+    token; `Cache-Control: no-cache`, as the dashboard sends on a live event)."""
+    headers = {"Authorization": f"Bearer {token}", "Cache-Control": "no-cache"}
 
     async def read(group_id: str) -> int | None:
         response = await client.get(f"/stats/groups/{group_id}", headers=headers)
@@ -438,18 +520,27 @@ async def phase_b(
     service_token: str,
     admin_token: str,
     script: Path,
-) -> tuple[LoadResult, LagProbe, LagProbe, WrkResult, tuple[float, float]]:
-    """The loader, the lag probes (the API's answer, the table) and wrk (the middle of the
+) -> tuple[LoadResult, LagProbe, LagProbe, GroupEvents, WrkResult, tuple[float, float]]:
+    """The loader, the lag probes (a live dashboard's view, the table) and wrk (the middle of the
     window), all at once."""
     load = LoadResult()
     limits = httpx.Limits(max_connections=64)
+    probe_groups = sorted({batch.probe_group for batch in batches})
     async with (
         httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as poster,
         httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as reader,
+        # One connection per stream, held open: no read timeout (the server pings every 15 s).
+        httpx.AsyncClient(
+            base_url=base,
+            timeout=httpx.Timeout(30, read=None),
+            limits=httpx.Limits(max_connections=len(probe_groups)),
+        ) as streams,
         await psycopg.AsyncConnection.connect(url, autocommit=True) as db,
     ):
-        probe = LagProbe(page_totals(reader, admin_token), args.poll_interval, args.lag_timeout)
-        table_probe = LagProbe(table_totals(db), args.poll_interval, args.lag_timeout)
+        events = GroupEvents(streams, admin_token, probe_groups)
+        await events.open()
+        probe = LagProbe(page_totals(reader, admin_token), events.wait, args.lag_timeout)
+        table_probe = LagProbe(table_totals(db), every(args.poll_interval), args.lag_timeout)
         headers = {
             "Authorization": f"Bearer {service_token}",
             "Content-Type": "application/json",
@@ -475,7 +566,8 @@ async def phase_b(
                 return
             load.batches += 1
             load.attempts += batch.attempts
-            pending = Pending(batch.index, batch.expected_total, posted_at)
+            pending = Pending(batch.index, batch.expected_total, started, posted_at)
+            events.posted(batch.probe_group, pending)
             probe.expect(batch.probe_group, pending)
             table_probe.expect(batch.probe_group, pending)
 
@@ -509,7 +601,8 @@ async def phase_b(
         await asyncio.wait_for(
             asyncio.gather(probe.drain(), table_probe.drain()), timeout=args.lag_timeout + 30
         )
-    return load, probe, table_probe, wrk, (window[0], window[1])
+        await events.close()
+    return load, probe, table_probe, events, wrk, (window[0], window[1])
 
 
 def ticks_since(url: str, after_id: int) -> Ticks:
@@ -642,7 +735,7 @@ def main() -> int:
                 f" ({args.batches_per_second}/s for {args.duration} s) over {len(members)} groups,"
                 f" {args.groups_per_batch} a batch; wrk for the middle {args.wrk_duration} s"
             )
-            load, probe, table_probe, during, wrk_window = asyncio.run(
+            load, probe, table_probe, events, during, wrk_window = asyncio.run(
                 phase_b(args, base, url, batches, service_token, admin_token, script)
             )
             ticks = ticks_since(url, last_tick_id)
@@ -665,7 +758,7 @@ def main() -> int:
     rate = load.attempts / load.seconds if load.seconds > 0 else 0.0
     lag_p99 = percentile(lags, 99)
     ratio = during.p99_ms / baseline.p99_ms if baseline.p99_ms > 0 else math.inf
-    lag_ok = lags != [] and lag_p99 <= LAG_P99_TARGET_S and not load.errors
+    lag_ok = lags != [] and lag_p99 <= LAG_P99_TARGET_S and not load.errors and not events.errors
     api_ok = ratio <= API_P99_RATIO_TARGET and during.errors == "none"
     print()
     print(
@@ -678,13 +771,17 @@ def main() -> int:
     for error in load.errors[:5]:
         print(f"    {error}")
     print(
-        f"lag (POST returned -> admin GET shows the batch), {len(lags)} batches:"
+        f"lag as a live dashboard sees it (POST returned -> the group's event stream tells of a"
+        f" change, then GET with Cache-Control: no-cache shows the batch), {len(lags)} batches:"
         f" p50 {seconds_text(percentile(lags, 50))} s, p95 {seconds_text(percentile(lags, 95))} s,"
         f" p99 {seconds_text(lag_p99)} s, max {seconds_text(max(lags, default=math.nan))} s;"
         f" {probe.missed} missed (> {args.lag_timeout:.0f} s; the {len(probe.lags)} seen: max"
-        f" {max(probe.lags, default=math.nan):.2f} s); probe: {probe.polls} GETs every"
-        f" {args.poll_interval} s per pending group, {len(probe.poll_errors)} errors"
+        f" {max(probe.lags, default=math.nan):.2f} s); {len(events.changed)} streams told of"
+        f" {events.events} changes, {probe.polls} GETs, {len(probe.poll_errors)} errors,"
+        f" {len(events.errors)} stream errors"
     )
+    for error in events.errors[:5]:
+        print(f"    {error}")
     for error in probe.poll_errors[:5]:
         print(f"    {error}")
     print(
@@ -696,7 +793,7 @@ def main() -> int:
     )
     for error in table_probe.poll_errors[:5]:
         print(f"    {error}")
-    for name, lag_probe in (("through the API", probe), ("to the table", table_probe)):
+    for name, lag_probe in (("as a live dashboard sees it", probe), ("to the table", table_probe)):
         inside, outside = lag_probe.split(wrk_window)
         print(
             f"  lag {name}: batches posted while wrk ran ({len(inside)}):"
