@@ -274,6 +274,7 @@ class GroupEvents:
                         self.events += 1
                         self.last_event_at[group_id] = time.monotonic()
                         self.changed[group_id].set()
+                self.errors.append(f"{group_id}: the server ended the stream")
         except httpx.HTTPError as error:
             self.errors.append(f"{group_id}: {type(error).__name__}: {error}")
         finally:
