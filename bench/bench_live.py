@@ -148,6 +148,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+def lag_quantiles(lags: list[float]) -> dict[str, float | None]:
+    """p50/p95/p99 for the JSON summary; None where a missed batch (an infinite lag) falls."""
+    return {
+        f"p{q}": None if math.isinf(value) else value
+        for q in (50, 95, 99)
+        for value in [percentile(lags, q)]
+    }
+
+
 class LagProbe:
     """Watches the groups that have batches not yet seen in their totals: reads a group's total
     through `read_total` (None when a read failed) whenever `wait` says a read is due (it returns
@@ -825,17 +834,9 @@ def main() -> int:
         json.dumps(
             {
                 "ingest_attempts_per_second": rate,
-                "lag_seconds": {
-                    f"p{q}": None if math.isinf(value) else value
-                    for q in (50, 95, 99)
-                    for value in [percentile(lags, q)]
-                },
+                "lag_seconds": lag_quantiles(lags),
                 "lag_missed": probe.missed,
-                "table_lag_seconds": {
-                    f"p{q}": None if math.isinf(value) else value
-                    for q in (50, 95, 99)
-                    for value in [percentile(table_lags, q)]
-                },
+                "table_lag_seconds": lag_quantiles(table_lags),
                 "baseline": asdict(baseline),
                 "during": asdict(during),
                 "ticks": asdict(ticks),

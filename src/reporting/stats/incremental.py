@@ -542,7 +542,6 @@ def _per_half(template: LiteralString, half: int) -> sql.Composed:
     return sql.SQL(template).format(
         user_topic=sql.Identifier(state.SCHEMA, tables.user_topic),
         user_scope=sql.Identifier(state.SCHEMA, tables.user_scope),
-        halves=sql.Literal(state.HALVES),
         half=sql.Literal(half),
     )
 
