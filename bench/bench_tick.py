@@ -13,7 +13,8 @@ console script as its own process and waits for it; wall time is the whole proce
 schema check, tick, exit), peak RSS is the kernel's figure for that child (wait4's ru_maxrss).
 The tick's own phase times come from its worker_ticks row. The aggregation runs in PostgreSQL's
 server processes, which the RSS figure deliberately leaves out: the target is about the worker.
-The machine may be shared: the load average and the busiest other processes are printed.
+The machine may be shared: the load average, the CPU it gives right now (see cpu_capacity) and
+the busiest other processes are printed before and after.
 """
 
 import argparse
@@ -22,7 +23,9 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import psutil
@@ -83,9 +86,38 @@ def busiest_others(seconds: float = 1.0, top: int = 5) -> list[str]:
     return [f"{cpu:5.0f}% {pid} {cmd[:100]}" for cpu, pid, cmd in usage[:top] if cpu >= 5]
 
 
+def _cpu_work(start_at: float) -> float:
+    """Seconds this process takes for a fixed piece of CPU work (an interpreter loop: branchy
+    integer work, as a query executor's), begun at `start_at` (a time.time()), so that processes
+    started one after another overlap."""
+    time.sleep(max(0.0, start_at - time.time()))
+    started = time.perf_counter()
+    total = 0
+    for i in range(5_000_000):
+        total += i * i % 7
+    return time.perf_counter() - started
+
+
+def cpu_capacity() -> str:
+    """How much CPU the machine gives right now: the same work in one process, then in one
+    process per core at once. The cores of these machines are shared with other machines, and on
+    some days two processes at once each ran nearly twice as long as one alone: then two
+    sessions in parallel (as the full tick's halves) gain nothing, and times of different days
+    differ by 2x. Figures of one run against each other stay comparable."""
+    cores = os.cpu_count() or 1
+    alone = _cpu_work(0.0)
+    with ProcessPoolExecutor(max_workers=cores, mp_context=get_context("fork")) as pool:
+        together = max(pool.map(_cpu_work, [time.time() + 0.5] * cores))
+    return (
+        f"CPU: {alone:.2f} s for a fixed piece of work alone, {together:.2f} s each with"
+        f" {cores} at once -> {cores * alone / together:.1f} cores' worth"
+    )
+
+
 def machine(label: str) -> None:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{label}: load average {load} ({os.cpu_count()} cores, shared)")
+    print(f"    {cpu_capacity()}")
     for line in busiest_others():
         print(f"    {line}")
 
