@@ -164,7 +164,7 @@ def main() -> int:
             full_seconds = time.perf_counter() - started
             # As the worker does after a full tick (not timed). Without it each run left ~1M dead
             # stats rows and 100k dead documents to the next benchmarks on this database: after a
-            # day of runs, materialized_stats and progress_summary held 2.5 and 3.4 GB (0.4 GB
+            # day of runs, materialized_stats and progress_summary held 2.4 and 3.4 GB (0.4 GB
             # each once compacted).
             vacuum = aggregate.vacuum_derived(conn)
             print(
