@@ -162,10 +162,9 @@ def main() -> int:
             started = time.perf_counter()
             full = aggregate.tick(conn, settings)
             full_seconds = time.perf_counter() - started
-            # As the worker does after a full tick (not timed). Without it each run left ~1M dead
-            # stats rows and 100k dead documents to the next benchmarks on this database: after a
-            # day of runs, materialized_stats and progress_summary held 2.4 and 3.4 GB (0.4 GB
-            # each once compacted).
+            # As the worker does after a full tick (see vacuum_derived), not timed: without it,
+            # a day of runs left materialized_stats and progress_summary at 2.4 and 3.4 GB (0.4 GB
+            # each once compacted) for every benchmark on this database.
             vacuum = aggregate.vacuum_derived(conn)
             print(
                 f"  full tick: {full_seconds:6.2f} s ({full.attempts:,} attempts);"
