@@ -123,7 +123,11 @@ def test_xlsx_and_pdf_download_too(
 
 
 def test_the_sixth_export_in_an_hour_shows_the_rate_limit(
-    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+    page: Page,
+    live_server: LiveServer,
+    school: School,
+    export_worker: subprocess.Popen[bytes],
+    make_token: TokenFactory,
 ) -> None:
     sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS, sub="t-rate"))
     wait_for_group(page, "7А класс")
@@ -144,6 +148,13 @@ def test_the_sixth_export_in_an_hour_shows_the_rate_limit(
     assert re.search(r"будет доступна через (\d+ минут[аы]?|60 минут|1 час)", text), text
     expect(page.locator("#export-submit")).to_be_disabled()
     expect(page.locator("#export-list .export-item")).to_have_count(5)  # nothing was created
+
+    # The earlier exports becoming ready are announced, and the limit stays explained under it.
+    expect(page.locator("#export-list .export-item[data-status=ready]")).to_have_count(5)
+    expect(status.locator("p")).to_have_count(2)
+    expect(status.locator("p").first).to_have_text("Отчёт CSV готов.")
+    expect(status.locator("p").last).to_contain_text("Лимит выгрузок исчерпан (5 в час)")
+    expect(page.locator("#export-submit")).to_be_disabled()
 
 
 def test_bad_filters_get_a_clear_message_and_no_request(

@@ -109,11 +109,22 @@ export class ExportPanel {
 
   notice(key, params = {}, kind = 'info') {
     this.lastNotice = key ? [key, params, kind] : null;
-    if (!key) {
-      this.status.replaceChildren();
-      return;
-    }
-    fill(this.status, h('p', { class: `notice notice-${kind}` }, t(key, params)));
+    const lines = key ? [h('p', { class: `notice notice-${kind}` }, t(key, params))] : [];
+    // While the hourly quota is spent, why the button is disabled stays under any later notice
+    // (an earlier export becoming ready must not hide when the next one is possible).
+    if (this.blocked()) lines.push(this.rateLimitLine());
+    fill(this.status, ...lines);
+  }
+
+  blocked() {
+    return Date.now() < this.blockedUntil;
+  }
+
+  rateLimitLine() {
+    const limit = this.limits?.limit;
+    const params = { limit, wait: () => duration((this.blockedUntil - Date.now()) / 1000) };
+    const key = limit ? 'export.rateLimited' : 'export.rateLimitedBare';
+    return h('p', { class: 'notice notice-error' }, t(key, params));
   }
 
   async requestExport() {
@@ -123,7 +134,7 @@ export class ExportPanel {
       this.notice(problem, {}, 'error');
       return;
     }
-    if (Date.now() < this.blockedUntil) {
+    if (this.blocked()) {
       this.showRateLimited();
       return;
     }
@@ -153,20 +164,18 @@ export class ExportPanel {
         this.notice('errors.generic', { status: error.status, detail: this.describeError(error) }, 'error');
       }
     } finally {
-      this.submit.disabled = Date.now() < this.blockedUntil;
+      this.submit.disabled = this.blocked();
       this.renderQuota();
     }
   }
 
   showRateLimited() {
-    const limit = this.limits?.limit;
-    const params = { limit, wait: () => duration((this.blockedUntil - Date.now()) / 1000) };
-    this.notice(limit ? 'export.rateLimited' : 'export.rateLimitedBare', params, 'error');
+    this.notice(null);
     this.submit.disabled = true;
     clearTimeout(this.blockedTimer);
     this.blockedTimer = setTimeout(() => {
       this.submit.disabled = false;
-      this.notice(null);
+      this.notice(...(this.lastNotice ?? []));
       this.renderQuota();
     }, Math.max(0, this.blockedUntil - Date.now()));
   }
@@ -304,6 +313,6 @@ export class ExportPanel {
   relabel() {
     this.renderList();
     this.renderQuota();
-    if (this.lastNotice) this.notice(...this.lastNotice);
+    this.notice(...(this.lastNotice ?? []));
   }
 }
