@@ -1,0 +1,183 @@
+"""Lower bounds for the tick targets: the least SQL any implementation must run, timed on the
+same school and machine as the ticks.
+
+    .venv/bin/python bench/bench_floor.py             # on bench_seed.py's school (bench10m)
+    .venv/bin/python bench/bench_floor.py --runs 5
+
+Full tick (issue 2: <= 30 s). Two steps no design can skip, each session summing half of the
+students, both sessions at once (one per core, as the tick splits them):
+1. every attempt summed per (student, topic): a topic's `avg_accuracy` in a group is a mean over
+   its students, and `progress_summary.topics[]` lists each, so these sums must exist (~9M rows
+   for 10M attempts);
+2. from them, each student's `topics[]` as JSON: one entry per topic with the contract's numbers.
+Nothing else: no levels or totals, no scopes, no leaderboards, no running sums, and nothing
+written to the derived tables (the real tick's swap). The tables are dropped with a rollback.
+
+Incremental tick (issue 6: <= 2 s for 100,000 new attempts). Only the rewrite of the
+progress_summary records of the students those attempts touch (bench_incremental.py's `lessons`
+spread: the students of every 8th group, ~13,500), each set to its own stored value plus a space:
+no attempt is read, no sum computed, no other table written. Rolled back. This one holds for the
+records as stored here (each array one json value, which any change rewrites whole).
+
+They tell how much of each target the unavoidable work alone takes on this machine today, and how
+far the ticks are from it: compare them with bench_tick.py and bench_incremental.py run in the same
+session (the machines' speed differs from day to day).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_seed import seeded_database
+from bench_tick import machine
+
+from reporting.settings import load_settings
+from reporting.stats import aggregate
+
+FULL_TARGET_SECONDS = 30.0
+INCREMENTAL_TARGET_SECONDS = 2.0
+HALVES = 2
+
+# As the tick's sessions are set (stats/aggregate.py): one core each, no JIT, room to hash, each
+# scan from the table's start.
+_SESSION = """
+SET LOCAL work_mem = '1GB';
+SET LOCAL max_parallel_workers_per_gather = 0;
+SET LOCAL jit = off;
+SET LOCAL extra_float_digits = 1;
+SET LOCAL synchronize_seqscans = off;
+"""
+
+_SUMS = """
+CREATE UNLOGGED TABLE floor_sums_{half} AS
+SELECT user_key, topic_key, count(*)::int AS attempts,
+       (count(*) FILTER (WHERE is_correct))::int AS correct, sum(score) AS score,
+       sum(hints_used) AS hints, sum(time_spent_ms::float8) AS time_ms
+FROM attempts
+WHERE mod(user_key, {halves}) = {half}
+GROUP BY user_key, topic_key
+"""
+
+_DOCUMENTS = """
+CREATE UNLOGGED TABLE floor_documents_{half} AS
+SELECT user_key,
+       ('[' || string_agg(concat('{{"topic_id":', topic_key, ',"attempts":', attempts,
+                                 ',"correct":', correct, ',"accuracy":', correct::float8 / attempts,
+                                 ',"score":', score, ',"hints_used":', hints,
+                                 ',"avg_time_seconds":', time_ms / 1000 / attempts, '}}'),
+                          ',') || ']')::json AS topics
+FROM floor_sums_{half}
+GROUP BY user_key
+"""
+
+# The students bench_incremental.py's `lessons` spread gives attempts to.
+_TOUCHED = """
+CREATE TEMP TABLE floor_touched ON COMMIT DROP AS
+SELECT DISTINCT u.id
+FROM (SELECT key, row_number() OVER (ORDER BY key) AS n FROM groups) g
+JOIN user_groups ug ON ug.group_key = g.key
+JOIN users u ON u.key = ug.user_key
+WHERE g.n % 8 = 0
+"""
+
+_REWRITE = """
+UPDATE progress_summary p
+SET totals = (p.totals::text || ' ')::json, levels = (p.levels::text || ' ')::json,
+    topics = (p.topics::text || ' ')::json, computed_at = now()
+FROM floor_touched t
+WHERE t.id = p.user_id
+"""
+
+
+def full_floor(url: str) -> tuple[float, list[dict[str, float]]]:
+    """Wall time of both halves at once, and each half's step times."""
+
+    def half(number: int) -> dict[str, float]:
+        steps: dict[str, float] = {}
+        with psycopg.connect(url) as conn, conn.transaction(force_rollback=True):
+            conn.execute(_SESSION)
+            conn.execute("SELECT set_config('default_toast_compression', 'lz4', true)")
+            for name, statement in (("sums", _SUMS), ("documents", _DOCUMENTS)):
+                started = time.perf_counter()
+                # Names of their own: the other session would wait for this one's table name.
+                conn.execute(
+                    sql.SQL(statement).format(half=sql.Literal(number), halves=sql.Literal(HALVES))
+                )
+                steps[name] = time.perf_counter() - started
+        return steps
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(HALVES) as pool:
+        steps = list(pool.map(half, range(HALVES)))
+    return time.perf_counter() - started, steps
+
+
+def incremental_floor(url: str) -> tuple[float, int]:
+    """Seconds to rewrite the touched students' records, and how many there were."""
+    with psycopg.connect(url) as conn, conn.transaction(force_rollback=True):
+        conn.execute(_SESSION)
+        conn.execute("SELECT set_config('default_toast_compression', 'lz4', true)")
+        conn.execute(_TOUCHED)
+        started = time.perf_counter()
+        rewritten = conn.execute(_REWRITE).rowcount
+        return time.perf_counter() - started, rewritten
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--database", default="bench10m", help="kept database of the school")
+    args = parser.parse_args()
+
+    url = seeded_database(args.database)
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM attempts), (SELECT count(*) FROM progress_summary)"
+        ).fetchone()
+    assert row is not None
+    attempts, documents = row
+    if documents == 0:
+        print("progress_summary is empty: a full tick first (not timed)")
+        os.environ["DATABASE_URL"] = url
+        with psycopg.connect(url, autocommit=True) as conn:
+            aggregate.tick(conn, load_settings(require_jwt=False))
+            aggregate.vacuum_derived(conn)
+            counted = conn.execute("SELECT count(*) FROM progress_summary").fetchone()
+            assert counted is not None
+            documents = counted[0]
+    print(f"floor benchmark: {attempts:,} attempts, {documents:,} progress records")
+    machine("before")
+    full, rewrite = [], []
+    for run in range(1, args.runs + 1):
+        wall, steps = full_floor(url)
+        full.append(wall)
+        split = "; ".join(
+            f"half {n}: " + ", ".join(f"{k} {v:.1f}" for k, v in s.items())
+            for n, s in enumerate(steps)
+        )
+        seconds, rewritten = incremental_floor(url)
+        rewrite.append(seconds)
+        print(
+            f"  run {run}: full-tick floor {wall:6.1f} s ({split});"
+            f" rewrite of {rewritten:,} progress records {seconds:5.2f} s"
+        )
+    machine("after")
+    print(
+        f"median full-tick floor {statistics.median(full):.1f} s"
+        f" (the target is {FULL_TARGET_SECONDS:.0f} s for the whole tick);"
+        f" median rewrite floor {statistics.median(rewrite):.2f} s"
+        f" (the target is {INCREMENTAL_TARGET_SECONDS:.0f} s for the whole incremental tick)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
