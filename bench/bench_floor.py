@@ -36,25 +36,16 @@ import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_incremental import LESSON_GROUP_EVERY
 from bench_seed import seeded_database
 from bench_tick import machine
 
 from reporting.settings import load_settings
 from reporting.stats import aggregate
+from reporting.stats.state import HALVES
 
 FULL_TARGET_SECONDS = 30.0
 INCREMENTAL_TARGET_SECONDS = 2.0
-HALVES = 2
-
-# As the tick's sessions are set (stats/aggregate.py): one core each, no JIT, room to hash, each
-# scan from the table's start.
-_SESSION = """
-SET LOCAL work_mem = '1GB';
-SET LOCAL max_parallel_workers_per_gather = 0;
-SET LOCAL jit = off;
-SET LOCAL extra_float_digits = 1;
-SET LOCAL synchronize_seqscans = off;
-"""
 
 _SUMS = """
 CREATE UNLOGGED TABLE floor_sums_{half} AS
@@ -85,7 +76,7 @@ SELECT DISTINCT u.id
 FROM (SELECT key, row_number() OVER (ORDER BY key) AS n FROM groups) g
 JOIN user_groups ug ON ug.group_key = g.key
 JOIN users u ON u.key = ug.user_key
-WHERE g.n % 8 = 0
+WHERE g.n %% %(every)s = 0
 """
 
 _REWRITE = """
@@ -103,8 +94,9 @@ def full_floor(url: str) -> tuple[float, list[dict[str, float]]]:
     def half(number: int) -> dict[str, float]:
         steps: dict[str, float] = {}
         with psycopg.connect(url) as conn, conn.transaction(force_rollback=True):
-            conn.execute(_SESSION)
-            conn.execute("SELECT set_config('default_toast_compression', 'lz4', true)")
+            # The tick's session settings, with room to hash a half's sums in memory.
+            aggregate.tune(conn, work_mem="1GB")
+            aggregate.prefer_lz4(conn)
             for name, statement in (("sums", _SUMS), ("documents", _DOCUMENTS)):
                 started = time.perf_counter()
                 # Names of their own: the other session would wait for this one's table name.
@@ -123,9 +115,9 @@ def full_floor(url: str) -> tuple[float, list[dict[str, float]]]:
 def incremental_floor(url: str) -> tuple[float, int]:
     """Seconds to rewrite the touched students' records, and how many there were."""
     with psycopg.connect(url) as conn, conn.transaction(force_rollback=True):
-        conn.execute(_SESSION)
-        conn.execute("SELECT set_config('default_toast_compression', 'lz4', true)")
-        conn.execute(_TOUCHED)
+        aggregate.tune(conn)
+        aggregate.prefer_lz4(conn)
+        conn.execute(_TOUCHED, {"every": LESSON_GROUP_EVERY})
         started = time.perf_counter()
         rewritten = conn.execute(_REWRITE).rowcount
         return time.perf_counter() - started, rewritten

@@ -46,6 +46,8 @@ from reporting.stats import aggregate, incremental
 TARGET_SECONDS = 2.0
 TARGET_RATIO = 10.0
 EVENT_PREFIX = "bench-incremental-"
+# `lessons` gives attempts to the students of every LESSON_GROUP_EVERY-th group.
+LESSON_GROUP_EVERY = 8
 
 # `lessons`: 250 groups (every 8th), their students in their own group, 4 attempts on each of 2
 # topics of one level per group and round; `uniform`: any student, any topic. %(round)s varies
@@ -67,7 +69,7 @@ CROSS JOIN LATERAL (
     ORDER BY t.key OFFSET (g.n + %(round)s) %% 10 LIMIT 2
 ) t
 CROSS JOIN generate_series(1, 4) AS k
-WHERE g.n %% 8 = 0
+WHERE g.n %% %(every)s = 0
 LIMIT %(count)s
 """,
     "uniform": """
@@ -98,6 +100,7 @@ def insert_new(conn: psycopg.Connection, spread: str, count: int, round_no: int)
             _INSERT[spread],
             {
                 "prefix": EVENT_PREFIX,
+                "every": LESSON_GROUP_EVERY,
                 "round": round_no,
                 "count": count,
                 "students": students,
