@@ -309,6 +309,35 @@ def test_sums_emptied_by_a_crash_are_not_trusted(db: psycopg.Connection, fresh_d
     assert incremental.tick(db, worker_settings(fresh_db_url)) is None
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM attempts WHERE event_id = (SELECT min(event_id) FROM attempts)",
+        "UPDATE attempts SET score = score + 1 WHERE event_id = (SELECT min(event_id) FROM attempts)",
+        "TRUNCATE attempts",
+        "TRUNCATE topics CASCADE",
+    ],
+)
+def test_removing_or_changing_attempts_makes_the_next_tick_a_full_one(
+    db: psycopg.Connection, fresh_db_url: str, statement: str
+) -> None:
+    """Incremental ticks only add what was queued: sums that still count removed or changed
+    attempts must not be built on (an operator's DELETE, a test harness's TRUNCATE)."""
+    settings = worker_settings(fresh_db_url)
+    fresh_load(db, tie_school())
+    aggregate.tick(db, settings)
+    db.execute("DELETE FROM attempts WHERE false")  # a statement that removes nothing
+    assert state.is_valid(db)
+    db.execute(statement)
+    assert not state.is_valid(db)
+    assert incremental.tick(db, settings) is None
+    assert worker.run_once(settings, fresh_db_url) is worker.Outcome.SUCCESS
+    row = db.execute("SELECT details->>'mode' FROM worker_ticks ORDER BY id DESC LIMIT 1").fetchone()
+    assert row == ("full",)
+    assert state.is_valid(db)
+    assert_a_full_recompute_agrees(db, settings)
+
+
 def test_a_failed_incremental_tick_changes_nothing_and_keeps_the_queue(
     db: psycopg.Connection, fresh_db_url: str
 ) -> None:
