@@ -332,7 +332,9 @@ def test_removing_or_changing_attempts_makes_the_next_tick_a_full_one(
     assert not state.is_valid(db)
     assert incremental.tick(db, settings) is None
     assert worker.run_once(settings, fresh_db_url) is worker.Outcome.SUCCESS
-    row = db.execute("SELECT details->>'mode' FROM worker_ticks ORDER BY id DESC LIMIT 1").fetchone()
+    row = db.execute(
+        "SELECT details->>'mode' FROM worker_ticks ORDER BY id DESC LIMIT 1"
+    ).fetchone()
     assert row == ("full",)
     assert state.is_valid(db)
     assert_a_full_recompute_agrees(db, settings)

@@ -440,7 +440,7 @@ async def test_no_cache_gets_a_changed_page_refilled_even_while_the_cache_is_bus
     assert await _until(lambda: _equals(attempts("g2"), 21))
 
 
-async def _equals(value: Awaitable[int], expected: int) -> bool:
+async def _equals(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
 
 
@@ -506,6 +506,41 @@ async def test_membership_is_checked_before_the_cache(
         )
 
     assert (await client.get("/stats/users/u1", headers=headers)).status_code == 403
+
+
+async def test_a_directory_change_drops_cached_answers_without_waiting_for_a_tick(
+    live: tuple[str, httpx.AsyncClient], make_token: TokenFactory
+) -> None:
+    """A learner moved out of a teacher's groups leaves the teacher's cached view of a board at
+    once, and a renamed group shows its new name; an upsert that changes nothing keeps the cache."""
+    url, client = live
+    teacher = _auth(make_token, "teacher", ["g1"])
+    service = _auth(make_token, "service")
+
+    async def board() -> list[str]:
+        response = await client.get("/stats/leaderboards/level/l-b", headers=teacher)
+        return [r["user_id"] for r in response.json()["rankings"]]
+
+    async def group_name() -> str:
+        return str((await client.get("/stats/groups/g1", headers=teacher)).json()["name"])
+
+    assert (await board(), await group_name()) == (["u3", "u1"], "Группа 1")
+    unchanged = {"users": [{"id": "u1", "display_name": "Анна", "group_ids": ["g1"]}]}
+    assert (
+        await client.put("/ingest/directory", json=unchanged, headers=service)
+    ).status_code == 200
+    _set_attempts(url, "g1", 33)  # changed behind the cache's back, with no notification
+    await asyncio.sleep(0.3)
+    body = (await client.get("/stats/groups/g1", headers=teacher)).json()
+    assert body["stats"]["metrics"]["total_attempts"] == 30, "nothing changed: still cached"
+
+    moved = {
+        "users": [{"id": "u1", "display_name": "Анна", "group_ids": ["g2"]}],
+        "groups": [{"id": "g1", "name": "Группа 1А"}],
+    }
+    assert (await client.put("/ingest/directory", json=moved, headers=service)).status_code == 200
+    assert await _until(lambda: _equals(board(), ["u3"]))
+    assert await group_name() == "Группа 1А"
 
 
 async def test_a_board_is_not_served_from_the_cache_past_its_expiry(

@@ -5,6 +5,7 @@ grants, so the route checks `Scope.require_ingest()` first and the service then 
 owner. Every write is set-wise (unnest arrays, COPY into staging), never row by row.
 """
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from reporting.ingest.schemas import (
     FieldError,
     bad_entries_detail,
 )
+from reporting.stats.cache import CHANNEL as STATS_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +107,17 @@ WITH wanted AS (
     WHERE u.key = ug.user_key AND u.id = ANY (%(users)s::text[])
       AND NOT EXISTS (
           SELECT 1 FROM wanted w WHERE w.user_key = ug.user_key AND w.group_key = ug.group_key)
+    RETURNING 1
+), added AS (
+    INSERT INTO user_groups (user_key, group_key)
+    SELECT w.user_key, w.group_key FROM wanted w
+    WHERE NOT EXISTS (
+        SELECT 1 FROM user_groups ug WHERE ug.user_key = w.user_key AND ug.group_key = w.group_key)
+    ORDER BY w.user_key, w.group_key
+    ON CONFLICT DO NOTHING
+    RETURNING 1
 )
-INSERT INTO user_groups (user_key, group_key)
-SELECT w.user_key, w.group_key FROM wanted w
-WHERE NOT EXISTS (
-    SELECT 1 FROM user_groups ug WHERE ug.user_key = w.user_key AND ug.group_key = w.group_key)
-ORDER BY w.user_key, w.group_key
-ON CONFLICT DO NOTHING
+SELECT (SELECT count(*) FROM dropped) + (SELECT count(*) FROM added)
 """
 
 
@@ -144,17 +150,22 @@ async def upsert_directory(
         directory.users,
     )
     pairs = [(u.id, g) for u in users for g in dict.fromkeys(u.group_ids)]
-    await conn.execute(
-        _UPSERT_LEVELS,
-        ([x.id for x in levels], [x.name for x in levels], [x.position for x in levels]),
-    )
-    await conn.execute(
-        _UPSERT_TOPICS,
-        ([x.id for x in topics], [x.name for x in topics], [x.level_id for x in topics]),
-    )
-    await conn.execute(_UPSERT_GROUPS, ([x.id for x in groups], [x.name for x in groups]))
-    await conn.execute(_UPSERT_USERS, ([x.id for x in users], [x.display_name for x in users]))
-    await conn.execute(
+    # Each upsert skips unchanged rows, so its rowcount is what it changed.
+    changed = 0
+    for statement, params in (
+        (
+            _UPSERT_LEVELS,
+            ([x.id for x in levels], [x.name for x in levels], [x.position for x in levels]),
+        ),
+        (
+            _UPSERT_TOPICS,
+            ([x.id for x in topics], [x.name for x in topics], [x.level_id for x in topics]),
+        ),
+        (_UPSERT_GROUPS, ([x.id for x in groups], [x.name for x in groups])),
+        (_UPSERT_USERS, ([x.id for x in users], [x.display_name for x in users])),
+    ):
+        changed += max((await conn.execute(statement, params)).rowcount, 0)
+    cur = await conn.execute(
         _REPLACE_MEMBERSHIPS,
         {
             "pair_users": [user_id for user_id, _ in pairs],
@@ -162,6 +173,16 @@ async def upsert_directory(
             "users": [x.id for x in users],
         },
     )
+    row = await cur.fetchone()
+    changed += int(row[0]) if row else 0
+    if changed:
+        # Names and memberships are in every cached answer (a teacher's view of a board keeps
+        # only their groups' learners): the API processes drop their caches at our commit, and
+        # open dashboards are told to reload, without waiting for the next tick.
+        await conn.execute(
+            "SELECT pg_notify(%s, %s)",
+            (STATS_CHANNEL, json.dumps({"tick_id": None, "group_ids": None})),
+        )
     return DirectoryCounts(
         groups=len(groups),
         users=len(users),
