@@ -10,10 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from reporting.auth.tokens import TokenVerifier
 from reporting.settings import SettingsError, load_settings
 from tests.conftest import JWT_SECRET
 
@@ -59,7 +61,6 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
         ({"REPORTING_WORKER_INTERVAL_SECS": "0"}, "REPORTING_WORKER_INTERVAL_SECS", "greater"),
         ({"DATABASE_URL": "mysql://db/reporting"}, "DATABASE_URL", "postgresql://"),
         ({"REPORTING_JWT_SECRET": "<unset>"}, "REPORTING_JWT_SECRET", "missing"),
-        ({"REPORTING_JWT_SECRET": "short"}, "REPORTING_JWT_SECRET", "16 characters"),
         (
             {
                 "REPORTING_JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"
@@ -76,7 +77,6 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
         "interval-zero",
         "database-url",
         "missing-jwt-secret",
-        "short-jwt-secret",
         "garbage-public-key",
         "leaderboard-size",
         "export-ttl",
@@ -178,3 +178,41 @@ def test_public_key_must_fit_rs256_or_es256(
     else:
         with pytest.raises(SettingsError, match=r"^invalid setting REPORTING_JWT_PUBLIC_KEY: "):
             load_settings()
+
+
+def test_a_short_jwt_secret_is_accepted_with_a_warning_and_an_empty_one_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The contract sets no minimum length (the token issuer owns the secret)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REPORTING_JWT_SECRET", "secret")
+    secret = load_settings().auth.jwt_secret
+    assert secret is not None and secret.get_secret_value() == "secret"
+    assert "REPORTING_JWT_SECRET is shorter than 32 bytes" in caplog.text
+
+    monkeypatch.setenv("REPORTING_JWT_SECRET", "")
+    with pytest.raises(SettingsError, match=r"^missing setting REPORTING_JWT_SECRET: "):
+        load_settings()
+
+
+def test_a_pkcs1_rsa_public_key_is_accepted_and_verifies_tokens(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pkcs1 = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+        .decode()
+    )
+    assert pkcs1.startswith("-----BEGIN RSA PUBLIC KEY-----")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REPORTING_JWT_SECRET", raising=False)
+    monkeypatch.setenv("REPORTING_JWT_PUBLIC_KEY", pkcs1)
+
+    settings = load_settings()
+    token = jwt.encode(
+        {"sub": "t", "role": "admin", "group_ids": [], "exp": int(time.time()) + 60},
+        key,
+        algorithm="RS256",
+    )
+    assert TokenVerifier(settings.auth).verify(token).role == "admin"

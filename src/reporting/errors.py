@@ -50,8 +50,9 @@ class Unauthorized(ReportingError):
     title = "Unauthorized"
 
     def __init__(self, detail: str = "", *, headers: dict[str, str] | None = None) -> None:
-        challenge = 'Bearer error="invalid_token"' if detail else "Bearer"
-        super().__init__(detail, headers={"WWW-Authenticate": challenge, **(headers or {})})
+        # Exactly "Bearer", as CONTRACT §5 says, whatever the reason: the problem's detail says
+        # why (RFC 6750's error="invalid_token" parameter is optional).
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer", **(headers or {})})
 
 
 class Forbidden(ReportingError):

@@ -5,6 +5,8 @@ them all once in the composition root (the CLI, `create_app`) and the result is 
 A bad value raises `SettingsError` whose message is one line naming the variable.
 """
 
+import logging
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
 
 
 class SettingsError(Exception):
@@ -55,9 +59,16 @@ class AuthSettings(BaseSettings):
 
     @field_validator("jwt_secret")
     @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters")
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # empty is unset, as for the audience
+        # The contract sets no minimum, and the platform that issues the tokens owns the secret:
+        # a short one is accepted, with a warning (RFC 7518 asks for 32+ bytes for HS256).
+        if len(value.get_secret_value().encode()) < 32:
+            log.warning(
+                "REPORTING_JWT_SECRET is shorter than 32 bytes: tokens signed with it are easier"
+                " to forge by guessing it; use 32 or more random characters"
+            )
         return value
 
     @field_validator("jwt_audience", "jwt_issuer")
@@ -72,7 +83,8 @@ class AuthSettings(BaseSettings):
         if not value:
             return None
         value = value.replace("\\n", "\n")
-        if "-----BEGIN PUBLIC KEY-----" not in value:
+        # SubjectPublicKeyInfo ("PUBLIC KEY") or PKCS#1 ("RSA PUBLIC KEY"): both load below.
+        if not re.search(r"-----BEGIN (RSA )?PUBLIC KEY-----", value):
             raise ValueError("must be a PEM public key (-----BEGIN PUBLIC KEY-----)")
         from cryptography.hazmat.primitives.asymmetric import ec, rsa
         from cryptography.hazmat.primitives.serialization import load_pem_public_key

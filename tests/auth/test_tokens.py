@@ -5,8 +5,12 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -181,11 +185,15 @@ async def test_a_valid_hs256_token_passes(hs_api: httpx.AsyncClient) -> None:
     assert response.status_code == lowercase_scheme.status_code == PASSED
 
 
-async def test_invalid_token_says_why_in_the_challenge(hs_api: httpx.AsyncClient) -> None:
-    response = await _get(hs_api, f"Bearer {hs256(claims(exp=int(time.time()) - 5))}")
+async def test_a_refused_token_gets_the_bearer_challenge_and_says_why(
+    hs_api: httpx.AsyncClient,
+) -> None:
+    expired = await _get(hs_api, f"Bearer {hs256(claims(exp=int(time.time()) - 5))}")
+    missing = await _get(hs_api, None)
 
-    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
-    assert response.json()["detail"] == "The token has expired."
+    # CONTRACT §5: "401 with `WWW-Authenticate: Bearer`", for every reason
+    assert expired.headers["www-authenticate"] == missing.headers["www-authenticate"] == "Bearer"
+    assert expired.json()["detail"] == "The token has expired."
 
 
 async def test_hs_rs_confusion_is_401(
@@ -280,3 +288,40 @@ def test_verified_scope_carries_the_claims() -> None:
         frozenset({"g1", "g2"}),
     )
     assert (scope.email, scope.locale) == ("t@school.example", "en")
+
+
+# --- reporting token ------------------------------------------------------------------------------
+
+
+def _reporting_token(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **variables}
+    command = [str(Path(sys.executable).parent / "reporting"), "token"]
+    return subprocess.run(
+        [*command, "--role", "teacher", "--groups", "g1,g2", "--sub", "t-1"],
+        env=env,
+        cwd=tmp_path,  # no .env of the checkout
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_reporting_token_prints_a_token_the_api_accepts(tmp_path: Path) -> None:
+    done = _reporting_token(tmp_path, REPORTING_JWT_SECRET=JWT_SECRET)
+
+    assert done.returncode == 0, done.stderr
+    scope = TokenVerifier(AuthSettings(REPORTING_JWT_SECRET=JWT_SECRET)).verify(done.stdout.strip())
+    assert (scope.role, scope.sub, scope.group_ids) == ("teacher", "t-1", frozenset({"g1", "g2"}))
+
+
+def test_reporting_token_refuses_to_sign_what_the_api_would_refuse(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """With a public key set the API verifies RS256/ES256 only: an HS256 token would be a 401."""
+    done = _reporting_token(
+        tmp_path, REPORTING_JWT_SECRET=JWT_SECRET, REPORTING_JWT_PUBLIC_KEY=_public_pem(rsa_key)
+    )
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "REPORTING_JWT_PUBLIC_KEY is set" in done.stderr

@@ -100,6 +100,13 @@ def issue_token(
     locale: str | None = None,
 ) -> str:
     """Sign an HS256 token with REPORTING_JWT_SECRET (for demos, scripts and tests)."""
+    if settings.jwt_public_key:
+        # The API then verifies RS256/ES256 only: an HS256 token would be refused with 401.
+        raise ValueError(
+            "REPORTING_JWT_PUBLIC_KEY is set, so the API accepts only tokens signed with its"
+            " private key (by the platform that issues them); unset it to sign HS256 tokens"
+            " with REPORTING_JWT_SECRET"
+        )
     if settings.jwt_secret is None:
         raise ValueError("REPORTING_JWT_SECRET is required to sign tokens")
     if role not in ROLES:
