@@ -37,7 +37,7 @@ class ExpectedRow:
     accuracy: Decimal
     score: float
     hints_used: int
-    avg_time_seconds: Decimal
+    avg_time_seconds: float
     first_attempt_at: datetime
     last_attempt_at: datetime
 
@@ -122,9 +122,7 @@ def expected_rows(
                 ),
                 score=math.fsum(a.score for a in items),
                 hints_used=sum(a.hints_used for a in items),
-                avg_time_seconds=(
-                    Decimal(sum(a.time_spent_ms for a in items)) / 1000 / len(items)
-                ).quantize(Decimal("0.001"), rounding=ROUND_HALF_UP),
+                avg_time_seconds=math.fsum(a.time_spent_ms / 1000 for a in items) / len(items),
                 first_attempt_at=min(a.attempted_at for a in items),
                 last_attempt_at=max(a.attempted_at for a in items),
             )

@@ -68,9 +68,10 @@ def _check(
         assert got[7] == str(want.attempts)
         assert got[8] == str(want.correct)
         assert got[9] == f"{want.accuracy:.4f}"
-        assert math.isclose(float(got[10]), want.score, abs_tol=5e-5)
+        # score and avg_time_seconds unrounded (only accuracy is rounded, CONTRACT §6)
+        assert math.isclose(float(got[10]), want.score, rel_tol=1e-12, abs_tol=1e-9)
         assert got[11] == str(want.hints_used)
-        assert got[12] == f"{want.avg_time_seconds:.3f}"
+        assert math.isclose(float(got[12]), want.avg_time_seconds, rel_tol=1e-12)
         assert got[13] == iso_z(want.first_attempt_at)
         assert got[14] == iso_z(want.last_attempt_at)
     return data

@@ -86,7 +86,7 @@ async def test_xlsx_is_a_typed_table_plus_a_summary(deployment: Deployment, scho
         assert math.isclose(got[9], float(expected.accuracy))
         assert math.isclose(got[10], expected.score, abs_tol=1e-9)
         assert got[11] == expected.hints_used
-        assert math.isclose(got[12], float(expected.avg_time_seconds))
+        assert math.isclose(got[12], expected.avg_time_seconds, rel_tol=1e-12)
         assert isinstance(got[13], datetime) and _close_in_time(got[13], expected.first_attempt_at)
         assert isinstance(got[14], datetime) and _close_in_time(got[14], expected.last_attempt_at)
 

@@ -60,7 +60,7 @@ class ExportRow:
     accuracy: Decimal  # correct / attempts, rounded half away from zero to 4 places
     score: float
     hints_used: int
-    avg_time_seconds: Decimal  # mean of time_spent_ms / 1000, rounded likewise to 3 places
+    avg_time_seconds: float  # mean of time_spent_ms / 1000
     first_attempt_at: datetime
     last_attempt_at: datetime
 
@@ -183,7 +183,7 @@ def iter_rows(
         """
         SELECT g.id, g.name, u.id, u.display_name, t.id, t.name, l.id,
                b.attempts, b.correct, round(b.correct::numeric / b.attempts, 4),
-               b.score, b.hints_used, round(b.time_ms::numeric / b.attempts / 1000, 3),
+               b.score, b.hints_used, b.time_ms::float8 / b.attempts / 1000,
                b.first_at, b.last_at
         """
         + _TABLE_FROM
@@ -219,8 +219,9 @@ def iter_csv_records(
     conn: psycopg.Connection, group_id: str, filters: ExportFilters
 ) -> Iterator[list[tuple[str, ...]]]:
     """The same table as CSV cells, in batches. PostgreSQL formats every cell (text
-    neutralised, `.` decimals, score to at most 4 places, accuracy with exactly 4 and
-    avg_time_seconds with exactly 3, ISO UTC times), so Python only writes them out."""
+    neutralised, `.` decimals, accuracy rounded to 4 places as CONTRACT §6 says, score and
+    avg_time_seconds unrounded as the shortest text that reads back to the same double, ISO UTC
+    times), so Python only writes them out."""
     base, params = _base(group_id, filters)
     cells = sql.SQL(", ").join(
         [
@@ -228,9 +229,9 @@ def iter_csv_records(
             sql.SQL("b.attempts::text"),
             sql.SQL("b.correct::text"),
             sql.SQL("round(b.correct::numeric / b.attempts, 4)::text"),
-            sql.SQL("trim_scale(round(b.score::numeric, 4))::text"),
+            sql.SQL("b.score::text"),
             sql.SQL("b.hints_used::text"),
-            sql.SQL("round(b.time_ms::numeric / b.attempts / 1000, 3)::text"),
+            sql.SQL("(b.time_ms::float8 / b.attempts / 1000)::text"),
             _utc_text("b.first_at"),
             _utc_text("b.last_at"),
         ]
