@@ -1,5 +1,6 @@
 """The export routes: status codes, headers, validation (nothing created), who sees what."""
 
+import re
 import uuid
 from typing import Any
 
@@ -118,7 +119,7 @@ async def test_an_export_is_visible_to_its_requester_and_admins_only(
     assert refused.status_code == unknown.status_code == garbage.status_code == 403
     assert refused.json() == unknown.json()
     listed = await deployment.api.get("/stats/exports", headers=colleague)
-    assert listed.status_code == 200 and listed.json()["items"] == []
+    assert listed.status_code == 200 and listed.json() == []
 
     admin = deployment.admin()
     seen = await deployment.api.get(location, headers=admin)
@@ -130,7 +131,7 @@ async def test_an_export_is_visible_to_its_requester_and_admins_only(
     assert (await deployment.api.get(location, headers=service)).status_code == 403
 
 
-async def test_the_list_is_newest_first_and_pages_with_a_cursor(
+async def test_the_list_is_an_array_newest_first_paged_by_the_link_header(
     deployment: Deployment, school: School
 ) -> None:
     teacher = deployment.teacher([GROUP, OTHER_GROUP])
@@ -142,18 +143,22 @@ async def test_the_list_is_newest_first_and_pages_with_a_cursor(
     other = await deployment.request(deployment.teacher(), VALID)
     assert other.status_code == 202
 
+    whole = await deployment.api.get("/stats/exports", headers=teacher)
+    assert whole.status_code == 200
+    assert [item["id"] for item in whole.json()] == ids[::-1]
+    assert "link" not in whole.headers
+
     first = await deployment.api.get("/stats/exports?limit=3", headers=teacher)
     assert first.status_code == 200
     assert first.headers["ratelimit-remaining"] == "1"
-    page = first.json()
-    assert [item["id"] for item in page["items"]] == ids[::-1][:3]
-    second = await deployment.api.get(
-        "/stats/exports", params={"limit": 3, "cursor": page["next_cursor"]}, headers=teacher
-    )
-    assert [item["id"] for item in second.json()["items"]] == ids[:1]
-    assert second.json()["next_cursor"] is None
+    assert [item["id"] for item in first.json()] == ids[::-1][:3]
+    next_page = re.fullmatch(r'<(/stats/exports\?[^>]+)>; rel="next"', first.headers["link"])
+    assert next_page is not None
+    second = await deployment.api.get(next_page.group(1), headers=teacher)
+    assert [item["id"] for item in second.json()] == ids[:1]
+    assert "link" not in second.headers
 
-    everyone = await deployment.api.get("/stats/exports?limit=100", headers=deployment.admin())
-    assert {item["id"] for item in everyone.json()["items"]} == {*ids, other.json()["id"]}
+    everyone = await deployment.api.get("/stats/exports", headers=deployment.admin())
+    assert {item["id"] for item in everyone.json()} == {*ids, other.json()["id"]}
     bad = await deployment.api.get("/stats/exports?cursor=xyz", headers=teacher)
     assert bad.status_code == 422

@@ -1,13 +1,14 @@
 """Export routes (CONTRACT §5): request an export, read one, list the caller's."""
 
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from reporting.auth.deps import Context, CurrentScope
 from reporting.errors import PROBLEM_JSON
 from reporting.exports import service
-from reporting.exports.schemas import ExportCreate, ExportPage, ExportRead
+from reporting.exports.schemas import ExportCreate, ExportRead
 
 router = APIRouter(prefix="/stats", tags=["exports"])
 
@@ -75,21 +76,38 @@ async def read_export(
     return export
 
 
+_NEXT_PAGE_HEADER = {
+    "Link": {
+        "schema": {"type": "string"},
+        "description": 'The next page, `</stats/exports?limit=…&cursor=…>; rel="next"`,'
+        " when there are more exports",
+    }
+}
+
+
 @router.get(
     "/exports",
     summary="The caller's exports (an admin's: everyone's), newest first",
-    responses={200: {"headers": _RATE_HEADERS}, 403: _PROBLEM, 422: _PROBLEM},
+    responses={
+        200: {"headers": {**_RATE_HEADERS, **_NEXT_PAGE_HEADER}},
+        403: _PROBLEM,
+        422: _PROBLEM,
+    },
 )
 async def list_exports(
     scope: CurrentScope,
     context: Context,
     request: Request,
     response: Response,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> ExportPage:
+) -> list[ExportRead]:
+    # A JSON array, as CONTRACT §5 lists it; longer lists page through the Link header (RFC 8288).
     page, quota = await service.list_exports(
         context, scope, limit=limit, cursor=cursor, base_url=_base_url(request)
     )
     response.headers.update(quota.headers())
-    return page
+    if page.next_cursor is not None:
+        query = urlencode({"limit": limit, "cursor": page.next_cursor})
+        response.headers["Link"] = f'</stats/exports?{query}>; rel="next"'
+    return page.items

@@ -190,10 +190,3 @@ class ExportRead(BaseModel):
     error: str | None
     download_url: str | None
     url_expires_at: datetime | None
-
-
-class ExportPage(BaseModel):
-    """`GET /stats/exports`: newest first; pass `next_cursor` as `cursor` for the next page."""
-
-    items: list[ExportRead]
-    next_cursor: str | None

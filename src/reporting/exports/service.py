@@ -7,6 +7,7 @@ their scope gets 403 whether it exists or not; admins get 404 for unknown ids.
 
 import base64
 import binascii
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -19,7 +20,6 @@ from reporting.exports.queries import ExportRecord, NewExport
 from reporting.exports.ratelimit import Quota
 from reporting.exports.schemas import (
     ExportCreate,
-    ExportPage,
     ExportRead,
     ExportStatus,
     NotifyTarget,
@@ -99,6 +99,14 @@ async def read_export(
             raise NotFound(f"There is no export {export_id!r}.")
         raise Forbidden("This export is not yours.")
     return _present(context, record, base_url=base_url), quota
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPage:
+    """Up to `limit` exports, newest first; `next_cursor` (as `cursor`) reads on after them."""
+
+    items: list[ExportRead]
+    next_cursor: str | None
 
 
 async def list_exports(

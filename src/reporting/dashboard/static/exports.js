@@ -211,8 +211,8 @@ export class ExportPanel {
       const { data, headers } = await request('/stats/exports');
       if (groupId !== this.groupId) return;
       this.readLimits(headers);
-      const items = Array.isArray(data) ? data : (data?.exports ?? data?.items ?? []);
-      for (const item of items.filter((e) => e.group_id === groupId).slice(0, RECENT_LIMIT)) {
+      // Newest first (the first page: the recent ones are all the panel shows).
+      for (const item of data.filter((e) => e.group_id === groupId).slice(0, RECENT_LIMIT)) {
         this.exports.set(item.id, item);
         if (!FINAL.has(item.status)) this.poll(item.id);
       }
