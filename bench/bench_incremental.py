@@ -120,14 +120,13 @@ def touched(conn: psycopg.Connection) -> tuple[int, int]:
 
 def remove_added_attempts(conn: psycopg.Connection, prefix: str) -> int:
     """Delete the attempts a benchmark added (event ids starting with `prefix`); returns how
-    many. The service never deletes attempts, so the running sums cannot follow: they are marked
-    stale (the next tick is a full one) and the queue emptied."""
+    many. The running sums cannot follow a deletion: the DELETE's trigger marks them stale
+    (migration 0004), so the next tick is a full one, and the queue is emptied."""
     with conn.transaction():
         deleted = conn.execute(
             "DELETE FROM attempts WHERE event_id LIKE %s", (prefix + "%",)
         ).rowcount
         conn.execute("TRUNCATE attempt_queue")
-        conn.execute("UPDATE aggregate_state SET directory_version = directory_version + 1")
     return deleted
 
 
