@@ -69,7 +69,8 @@ def _demo_tokens(auth: AuthSettings, teacher_groups: list[tuple[str, str]]) -> l
 def run(*, host: str, port: int, students: int, secret: str) -> int:
     os.environ["REPORTING_JWT_SECRET"] = secret
     # The demo signs its own tokens: its processes must verify them with the same secret.
-    os.environ.pop("REPORTING_JWT_PUBLIC_KEY", None)
+    # Empty counts as unset, and overrides a key in `.env` too.
+    os.environ["REPORTING_JWT_PUBLIC_KEY"] = ""
     from reporting.cli import _migrated_url, _settings, spawn
     from reporting.db.engine import connect
     from reporting.ingest.seed import SeedSpec, seed

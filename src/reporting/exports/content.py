@@ -220,8 +220,8 @@ def iter_csv_records(
 ) -> Iterator[list[tuple[str, ...]]]:
     """The same table as CSV cells, in batches. PostgreSQL formats every cell (text
     neutralised, `.` decimals, accuracy rounded to 4 places as CONTRACT §6 says, score and
-    avg_time_seconds unrounded as the shortest text that reads back to the same double, ISO UTC
-    times), so Python only writes them out."""
+    avg_time_seconds unrounded: numeric text, which never takes an exponent (float8's `5e-05`)
+    and keeps 15+ significant digits; ISO UTC times), so Python only writes them out."""
     base, params = _base(group_id, filters)
     cells = sql.SQL(", ").join(
         [
@@ -229,9 +229,9 @@ def iter_csv_records(
             sql.SQL("b.attempts::text"),
             sql.SQL("b.correct::text"),
             sql.SQL("round(b.correct::numeric / b.attempts, 4)::text"),
-            sql.SQL("b.score::text"),
+            sql.SQL("trim_scale(b.score::numeric)::text"),
             sql.SQL("b.hints_used::text"),
-            sql.SQL("(b.time_ms::float8 / b.attempts / 1000)::text"),
+            sql.SQL("trim_scale(b.time_ms::numeric / b.attempts / 1000)::text"),
             _utc_text("b.first_at"),
             _utc_text("b.last_at"),
         ]
