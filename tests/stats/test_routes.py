@@ -508,39 +508,58 @@ async def test_membership_is_checked_before_the_cache(
     assert (await client.get("/stats/users/u1", headers=headers)).status_code == 403
 
 
-async def test_a_directory_change_drops_cached_answers_without_waiting_for_a_tick(
+async def test_a_directory_change_drops_the_cached_answers_it_touches(
     live: tuple[str, httpx.AsyncClient], make_token: TokenFactory
 ) -> None:
-    """A learner moved out of a teacher's groups leaves the teacher's cached view of a board at
-    once, and a renamed group shows its new name; an upsert that changes nothing keeps the cache."""
+    """Without waiting for a tick: a learner moved out of a teacher's groups leaves the teacher's
+    view of a board, a renamed group or learner drops its groups' pages and no others, a renamed
+    topic drops every page; an upsert that changes nothing drops nothing."""
     url, client = live
     teacher = _auth(make_token, "teacher", ["g1"])
-    service = _auth(make_token, "service")
+    admin = _auth(make_token, "admin")
+
+    async def put(directory: dict[str, object]) -> None:
+        headers = _auth(make_token, "service")
+        response = await client.put("/ingest/directory", json=directory, headers=headers)
+        assert response.status_code == 200, response.text
 
     async def board() -> list[str]:
         response = await client.get("/stats/leaderboards/level/l-b", headers=teacher)
         return [r["user_id"] for r in response.json()["rankings"]]
 
-    async def group_name() -> str:
-        return str((await client.get("/stats/groups/g1", headers=teacher)).json()["name"])
+    async def page(group_id: str) -> tuple[str, int]:
+        body = (await client.get(f"/stats/groups/{group_id}", headers=admin)).json()
+        return str(body["name"]), int(body["stats"]["metrics"]["total_attempts"])
 
-    assert (await board(), await group_name()) == (["u3", "u1"], "Группа 1")
-    unchanged = {"users": [{"id": "u1", "display_name": "Анна", "group_ids": ["g1"]}]}
-    assert (
-        await client.put("/ingest/directory", json=unchanged, headers=service)
-    ).status_code == 200
-    _set_attempts(url, "g1", 33)  # changed behind the cache's back, with no notification
+    assert (await board(), await page("g1"), await page("g2")) == (
+        ["u3", "u1"],
+        ("Группа 1", 30),
+        ("Группа 2", 20),
+    )
+    # Changed behind the caches' back (no notification): what is still cached shows the old.
+    _set_attempts(url, "g1", 31)
+    _set_attempts(url, "g2", 21)
+
+    await put({"users": [{"id": "u1", "display_name": "Анна", "group_ids": ["g1"]}]})
     await asyncio.sleep(0.3)
-    body = (await client.get("/stats/groups/g1", headers=teacher)).json()
-    assert body["stats"]["metrics"]["total_attempts"] == 30, "nothing changed: still cached"
+    assert (await page("g1"), await page("g2")) == (("Группа 1", 30), ("Группа 2", 20))
+
+    await put({"users": [{"id": "u2", "display_name": "Борис Б.", "group_ids": ["g2"]}]})
+    assert await _until(lambda: _equals(page("g2"), ("Группа 2", 21)))
+    assert await page("g1") == ("Группа 1", 30), "only the renamed learner's group"
 
     moved = {
         "users": [{"id": "u1", "display_name": "Анна", "group_ids": ["g2"]}],
         "groups": [{"id": "g1", "name": "Группа 1А"}],
     }
-    assert (await client.put("/ingest/directory", json=moved, headers=service)).status_code == 200
+    await put(moved)
     assert await _until(lambda: _equals(board(), ["u3"]))
-    assert await group_name() == "Группа 1А"
+    assert await page("g1") == ("Группа 1А", 31)
+    assert await page("g2") == ("Группа 2", 21)  # cached again
+
+    _set_attempts(url, "g2", 22)
+    await put({"topics": [{"id": "t1", "name": "Алгебра и начала", "level_id": "l-a"}]})
+    assert await _until(lambda: _equals(page("g2"), ("Группа 2", 22)))
 
 
 async def test_a_board_is_not_served_from_the_cache_past_its_expiry(

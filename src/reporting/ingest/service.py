@@ -5,7 +5,6 @@ grants, so the route checks `Scope.require_ingest()` first and the service then 
 owner. Every write is set-wise (unnest arrays, COPY into staging), never row by row.
 """
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from reporting.ingest.schemas import (
     bad_entries_detail,
 )
 from reporting.stats.cache import CHANNEL as STATS_CHANNEL
+from reporting.stats.cache import change_payload
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ ORDER BY g.id COLLATE "C"
 ON CONFLICT (id) DO UPDATE
 SET name = excluded.name, updated_at = now()
 WHERE groups.name IS DISTINCT FROM excluded.name
+RETURNING id
 """
 
 _UPSERT_USERS = """
@@ -92,6 +93,13 @@ ORDER BY u.id COLLATE "C"
 ON CONFLICT (id) DO UPDATE
 SET display_name = excluded.display_name, updated_at = now()
 WHERE users.display_name IS DISTINCT FROM excluded.display_name
+RETURNING key
+"""
+
+# The groups a set of users belongs to now (before their memberships are replaced).
+_GROUPS_OF_USERS = """
+SELECT g.id FROM user_groups ug JOIN groups g ON g.key = ug.group_key
+WHERE ug.user_key = ANY (%s::integer[])
 """
 
 # The given users' memberships become exactly the given pairs: drop the others, add the missing.
@@ -107,7 +115,7 @@ WITH wanted AS (
     WHERE u.key = ug.user_key AND u.id = ANY (%(users)s::text[])
       AND NOT EXISTS (
           SELECT 1 FROM wanted w WHERE w.user_key = ug.user_key AND w.group_key = ug.group_key)
-    RETURNING 1
+    RETURNING ug.group_key
 ), added AS (
     INSERT INTO user_groups (user_key, group_key)
     SELECT w.user_key, w.group_key FROM wanted w
@@ -115,9 +123,11 @@ WITH wanted AS (
         SELECT 1 FROM user_groups ug WHERE ug.user_key = w.user_key AND ug.group_key = w.group_key)
     ORDER BY w.user_key, w.group_key
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING group_key
 )
-SELECT (SELECT count(*) FROM dropped) + (SELECT count(*) FROM added)
+SELECT g.id
+FROM (SELECT group_key FROM dropped UNION SELECT group_key FROM added) changed
+JOIN groups g ON g.key = changed.group_key
 """
 
 
@@ -150,8 +160,8 @@ async def upsert_directory(
         directory.users,
     )
     pairs = [(u.id, g) for u in users for g in dict.fromkeys(u.group_ids)]
-    # Each upsert skips unchanged rows, so its rowcount is what it changed.
-    changed = 0
+    # Each upsert skips unchanged rows: what it reports is what changed.
+    catalog = 0
     for statement, params in (
         (
             _UPSERT_LEVELS,
@@ -161,10 +171,17 @@ async def upsert_directory(
             _UPSERT_TOPICS,
             ([x.id for x in topics], [x.name for x in topics], [x.level_id for x in topics]),
         ),
-        (_UPSERT_GROUPS, ([x.id for x in groups], [x.name for x in groups])),
-        (_UPSERT_USERS, ([x.id for x in users], [x.display_name for x in users])),
     ):
-        changed += max((await conn.execute(statement, params)).rowcount, 0)
+        catalog += max((await conn.execute(statement, params)).rowcount, 0)
+    cur = await conn.execute(_UPSERT_GROUPS, ([x.id for x in groups], [x.name for x in groups]))
+    changed = {str(row[0]) for row in await cur.fetchall()}
+    cur = await conn.execute(
+        _UPSERT_USERS, ([x.id for x in users], [x.display_name for x in users])
+    )
+    renamed = [int(row[0]) for row in await cur.fetchall()]
+    if renamed:
+        cur = await conn.execute(_GROUPS_OF_USERS, (renamed,))
+        changed.update(str(row[0]) for row in await cur.fetchall())
     cur = await conn.execute(
         _REPLACE_MEMBERSHIPS,
         {
@@ -173,16 +190,15 @@ async def upsert_directory(
             "users": [x.id for x in users],
         },
     )
-    row = await cur.fetchone()
-    changed += int(row[0]) if row else 0
-    if changed:
-        # Names and memberships are in every cached answer (a teacher's view of a board keeps
-        # only their groups' learners): the API processes drop their caches at our commit, and
-        # open dashboards are told to reload, without waiting for the next tick.
-        await conn.execute(
-            "SELECT pg_notify(%s, %s)",
-            (STATS_CHANNEL, json.dumps({"tick_id": None, "group_ids": None})),
-        )
+    changed.update(str(row[0]) for row in await cur.fetchall())
+    if catalog or changed:
+        # Names and memberships are in cached answers (a group's page names its learners; a
+        # teacher's view of a board keeps only their groups' learners): the API processes drop
+        # what depends on these groups at our commit (school-wide answers on any change), and
+        # their open dashboards are told to reload, without waiting for the next tick. Level and
+        # topic names are on every group's page: everything.
+        payload = change_payload(None if catalog else sorted(changed), tick_id=None)
+        await conn.execute("SELECT pg_notify(%s, %s)", (STATS_CHANNEL, payload))
     return DirectoryCounts(
         groups=len(groups),
         users=len(users),

@@ -291,6 +291,20 @@ class ResponseCache:
             self._bytes -= entry.cached.size
 
 
+# NOTIFY payloads must stay under 8000 bytes: beyond this, "every group" (null) is sent instead.
+NOTIFY_MAX_BYTES = 7000
+
+
+def change_payload(group_ids: Iterable[str] | None, **details: object) -> str:
+    """A `stats_changed` payload naming the groups that changed (None: everything), as
+    `changed_groups` reads it; `details` (the tick, its mode) come first."""
+    ids = None if group_ids is None else list(group_ids)
+    payload = json.dumps({**details, "group_ids": ids})
+    if len(payload.encode()) > NOTIFY_MAX_BYTES:
+        payload = json.dumps({**details, "group_ids": None})
+    return payload
+
+
 def changed_groups(payload: str) -> list[str] | None:
     """The group ids a `stats_changed` payload names; None means everything changed.
 

@@ -36,14 +36,13 @@ from psycopg import sql
 from reporting.settings import Settings
 from reporting.stats import aggregate, state
 from reporting.stats.aggregate import TickResult
+from reporting.stats.cache import change_payload
 
 log = logging.getLogger(__name__)
 
 # Boards older than this are recomputed by the next tick even without new attempts in their
 # scope (a board expires 24 h after it was computed and is never served after that).
 BOARD_REFRESH_AGE = "1 hour"
-# NOTIFY payloads must stay under 8000 bytes: beyond that, "every group" (null) is sent.
-_NOTIFY_MAX_BYTES = 7000
 
 _TEMP_TABLES: LiteralString = """
 CREATE TEMP TABLE delta (
@@ -581,9 +580,7 @@ def _record_success(conn: psycopg.Connection, result: TickResult) -> int:
 
 
 def _notify(conn: psycopg.Connection, tick_id: int, group_ids: list[str] | None) -> None:
-    payload = json.dumps({"tick_id": tick_id, "mode": "incremental", "group_ids": group_ids})
-    if len(payload.encode()) > _NOTIFY_MAX_BYTES:
-        payload = json.dumps({"tick_id": tick_id, "mode": "incremental", "group_ids": None})
+    payload = change_payload(group_ids, tick_id=tick_id, mode="incremental")
     conn.execute("SELECT pg_notify(%s, %s)", (aggregate.NOTIFY_CHANNEL, payload))
 
 
