@@ -9,6 +9,7 @@ from typing import Any
 
 from reporting.exports import worker
 from reporting.settings import ExportSettings, NotifySettings, StorageSettings
+from tests.conftest import make_settings
 from tests.exports.conftest import GROUP, GROUP_NAME, SEPTEMBER, DeploymentFactory, School, rows_of
 from tests.servers import HttpCapture, SmtpServer, free_port
 
@@ -63,6 +64,28 @@ async def test_the_webhook_is_signed_and_a_failed_export_is_announced_too(
     assert event["status"] == "failed" and event["download_url"] is None
     assert event["error"].startswith("storage unavailable")
     assert event["request_id"] == response.headers["x-request-id"]
+
+
+def test_the_worker_warns_when_notices_would_carry_relative_links() -> None:
+    """Local storage, a notification channel and no REPORTING_PUBLIC_URL: links in mail would be
+    /files/… (the worker has no request to take an address from)."""
+    mail = NotifySettings(REPORTING_SMTP_HOST="127.0.0.1")
+    hook = NotifySettings(
+        REPORTING_WEBHOOK_URL="http://127.0.0.1:9/hook", REPORTING_WEBHOOK_SECRET=SECRET
+    )
+    public = ExportSettings(REPORTING_PUBLIC_URL="https://reports.school.example")
+    s3 = StorageSettings(
+        OBJECT_STORAGE_BUCKET="reports",
+        OBJECT_STORAGE_ACCESS_KEY="k",
+        OBJECT_STORAGE_SECRET_KEY="s",
+    )
+
+    warning = worker.relative_links_warning(make_settings(notify=mail))
+    assert warning is not None and "REPORTING_PUBLIC_URL" in warning
+    assert worker.relative_links_warning(make_settings(notify=hook)) is not None
+    assert worker.relative_links_warning(make_settings(notify=mail, exports=public)) is None
+    assert worker.relative_links_warning(make_settings(notify=mail, storage=s3)) is None
+    assert worker.relative_links_warning(make_settings()) is None  # no channel, no notices
 
 
 async def test_channels_that_are_down_never_fail_the_export(

@@ -438,6 +438,21 @@ def _wait_for_work(listener: psycopg.Connection, stop: threading.Event, seconds:
             return
 
 
+def relative_links_warning(settings: Settings) -> str | None:
+    """Why notices will carry links nobody can open, if they will: a local-storage link is built
+    on REPORTING_PUBLIC_URL, and the worker has no request whose address it could use instead
+    (the requester's Host header is not trusted for mail that may go to anyone)."""
+    notify = settings.notify
+    if settings.storage.bucket or settings.exports.public_url:
+        return None
+    if not (notify.smtp_host or notify.telegram_bot_token or notify.webhook_url):
+        return None
+    return (
+        "REPORTING_PUBLIC_URL is not set: the download links in export notifications will be"
+        " relative (/files/...); set it to the address users reach the API at"
+    )
+
+
 def run(
     settings: Settings,
     url: str,
@@ -449,6 +464,8 @@ def run(
     """The `export-worker` command. `--once`: produce what is pending, deliver what is due,
     exit 0 (1 if an export failed). Otherwise loop until SIGTERM/SIGINT, then exit 0."""
     store = build_store(settings)
+    if (warning := relative_links_warning(settings)) is not None:
+        log.warning(warning)
     if metrics_port is not None:
         start_http_server(metrics_port, addr=metrics_host)
     stop = threading.Event()
