@@ -20,6 +20,12 @@ analytics_worker_ticks_total = Counter(
 reporting_worker_last_success_timestamp_seconds = Gauge(
     "reporting_worker_last_success_timestamp_seconds", "When the last successful tick finished."
 )
+# The duration histogram only sees ticks that ended: this shows one that is still running (a
+# tick stuck on a lock raises ReportingWorkerTickRunningLong, deploy/prometheus/alerts.yml).
+reporting_worker_tick_started_timestamp_seconds = Gauge(
+    "reporting_worker_tick_started_timestamp_seconds",
+    "When the running tick started; 0 while no tick runs.",
+)
 reporting_worker_skipped_ticks_total = Counter(
     "reporting_worker_skipped_ticks_total",
     "Ticks skipped because another analytics worker held the lock.",

@@ -261,6 +261,32 @@ def test_metrics_port_serves_the_tick_counters_and_sigterm_stops_cleanly(
     assert set(statuses(db)) == {"success"}
 
 
+def test_metrics_show_when_the_running_tick_started_and_zero_between_ticks(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    """What ReportingWorkerTickRunningLong watches: a tick stuck on a lock is visible while it
+    runs (the duration histogram only sees ticks that ended)."""
+    port = free_port()
+    with (
+        psycopg.connect(fresh_db_url) as blocker,
+        psycopg.connect(fresh_db_url, autocommit=True) as watcher,
+    ):
+        blocker.execute("LOCK TABLE progress_summary IN SHARE MODE")
+        before = time.time()
+        worker = start(fresh_db_url, "--metrics-port", str(port))  # one tick an hour
+        try:
+            wait_for_blocked(watcher, "LOCK TABLE materialized_stats%")
+            running = scrape(port)["reporting_worker_tick_started_timestamp_seconds"]
+            blocker.rollback()
+            eventually(lambda: statuses(db) == ["success"])
+            eventually(lambda: scrape(port)["reporting_worker_tick_started_timestamp_seconds"] == 0)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+    code, logs = finish(worker, timeout=15)
+    assert code == 0, logs
+    assert before - 1 <= running <= time.time()
+
+
 def test_sigterm_during_a_tick_lets_it_finish(db: psycopg.Connection, fresh_db_url: str) -> None:
     with (
         psycopg.connect(fresh_db_url) as blocker,

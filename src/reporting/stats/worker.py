@@ -140,9 +140,13 @@ def run_once(
                     log.info("tick skipped: another analytics worker holds the lock")
                 return Outcome.SKIPPED
             # The lock is held until this connection closes.
-            lower_backend_priority(conn, settings.worker.nice)
-            aggregate.discard_abandoned(conn)
-            result = _tick(conn, settings, full=full)
+            metrics.reporting_worker_tick_started_timestamp_seconds.set_to_current_time()
+            try:
+                lower_backend_priority(conn, settings.worker.nice)
+                aggregate.discard_abandoned(conn)
+                result = _tick(conn, settings, full=full)
+            finally:
+                metrics.reporting_worker_tick_started_timestamp_seconds.set(0)
     except Exception:
         seconds = time.perf_counter() - started
         metrics.reporting_worker_errors_total.inc()
