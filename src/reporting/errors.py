@@ -12,12 +12,16 @@ ReportingError (500)
  └── ServiceUnavailable (503)
 """
 
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -110,17 +114,41 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> list[Any]:
     return [part for part in loc if part != "body"]
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def on_reporting_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ReportingError)
-        return problem_response(exc)
+# A route whose every answer, errors included, carries some headers (an export's RateLimit-*)
+# puts an async provider of them here, in a dependency: the error handlers add what it gives.
+ERROR_HEADERS_STATE = "error_headers"
+ErrorHeaders = Callable[[], Awaitable[dict[str, str]]]
 
-    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+
+async def _route_headers(request: Request) -> dict[str, str]:
+    provider: ErrorHeaders | None = getattr(request.state, ERROR_HEADERS_STATE, None)
+    if provider is None:
+        return {}
+    try:
+        return await provider()
+    except Exception as error:  # the error answer goes out regardless
+        log.warning("headers for an error answer unavailable", extra={"error": str(error)})
+        return {}
+
+
+async def _answer(request: Request, error: ReportingError) -> JSONResponse:
+    response = problem_response(error)
+    for name, value in (await _route_headers(request)).items():
+        response.headers.setdefault(name, value)  # the error's own headers win (a 429's)
+    return response
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_reporting_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ReportingError)
+        return await _answer(request, exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = [
             {"loc": _location(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
         ]
-        return problem_response(ValidationFailed("The request is not valid.", errors))
+        return await _answer(request, ValidationFailed("The request is not valid.", errors))
 
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

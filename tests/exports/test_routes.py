@@ -104,6 +104,36 @@ async def test_who_may_request_an_export_of_which_group(
     assert _count(deployment) == 1
 
 
+async def test_refusals_carry_the_rate_limit_headers_too(
+    deployment: Deployment, school: School
+) -> None:
+    """CONTRACT §5: "Export responses also carry RateLimit-Limit, RateLimit-Remaining and
+    RateLimit-Reset": the refused ones (which cost nothing) as well."""
+    teacher = deployment.teacher([GROUP])
+    assert (await deployment.request(teacher, VALID)).status_code == 202
+    refusals = [
+        await deployment.request(teacher, {**VALID, "format": "doc"}),  # 422 (body)
+        await deployment.request(teacher, {**VALID, "topic_ids": ["t-nope"]}),  # 422 (service)
+        await deployment.request(teacher, VALID, OTHER_GROUP),  # 403
+        await deployment.api.get(f"/stats/exports/{uuid.uuid4()}", headers=teacher),  # 403
+    ]
+    admin = deployment.admin()
+    unknown = await deployment.api.get(f"/stats/exports/{uuid.uuid4()}", headers=admin)
+
+    assert [r.status_code for r in refusals] == [422, 422, 403, 403]
+    for response in refusals:
+        assert response.headers["ratelimit-limit"] == "5", response.text
+        assert response.headers["ratelimit-remaining"] == "4"
+        assert 3590 <= int(response.headers["ratelimit-reset"]) <= 3600
+    assert unknown.status_code == 404
+    assert (unknown.headers["ratelimit-limit"], unknown.headers["ratelimit-remaining"]) == (
+        "5",
+        "5",
+    )
+    assert unknown.headers["ratelimit-reset"] == "0"
+    assert (await deployment.request({}, VALID)).status_code == 401  # nobody to count for
+
+
 async def test_an_export_is_visible_to_its_requester_and_admins_only(
     deployment: Deployment, school: School
 ) -> None:

@@ -6,13 +6,30 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from reporting.auth.deps import Context, CurrentScope
-from reporting.errors import PROBLEM_JSON
-from reporting.exports import service
+from reporting.errors import ERROR_HEADERS_STATE, PROBLEM_JSON
+from reporting.exports import ratelimit, service
 from reporting.exports.schemas import ExportCreate, ExportRead
 
-router = APIRouter(prefix="/stats", tags=["exports"])
 
-_PROBLEM: dict[str, object] = {"description": "A problem+json error", "content": {PROBLEM_JSON: {}}}
+async def _quota_on_every_answer(request: Request, scope: CurrentScope, context: Context) -> None:
+    """CONTRACT §5: export responses carry RateLimit-*, refusals (403/404/422) included; the
+    error handlers read the caller's quota through this only when they answer."""
+
+    async def headers() -> dict[str, str]:
+        async with context.db.scoped(scope) as conn:
+            quota = await ratelimit.read_quota(
+                conn, scope.sub, limit=context.settings.exports.rate_limit_per_hour
+            )
+        return quota.headers()
+
+    setattr(request.state, ERROR_HEADERS_STATE, headers)
+
+
+# Route dependencies run before the routes' own: the quota is promised before any refusal.
+router = APIRouter(
+    prefix="/stats", tags=["exports"], dependencies=[Depends(_quota_on_every_answer)]
+)
+
 _RATE_HEADERS = {
     name: {"schema": {"type": "integer"}, "description": description}
     for name, description in (
@@ -20,6 +37,12 @@ _RATE_HEADERS = {
         ("RateLimit-Remaining", "Requests left in the current window"),
         ("RateLimit-Reset", "Seconds until the oldest counted request leaves the window"),
     )
+}
+# Refusals carry the quota too (see _quota_on_every_answer).
+_PROBLEM: dict[str, object] = {
+    "description": "A problem+json error",
+    "content": {PROBLEM_JSON: {}},
+    "headers": _RATE_HEADERS,
 }
 
 
@@ -42,7 +65,10 @@ def _base_url(request: Request) -> str:
         403: _PROBLEM,
         404: _PROBLEM,
         422: _PROBLEM,
-        429: {**_PROBLEM, "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+        429: {
+            **_PROBLEM,
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}, **_RATE_HEADERS},
+        },
     },
 )
 async def request_export(
