@@ -161,18 +161,16 @@ async def upsert_directory(
     )
     pairs = [(u.id, g) for u in users for g in dict.fromkeys(u.group_ids)]
     # Each upsert skips unchanged rows: what it reports is what changed.
-    catalog = 0
-    for statement, params in (
-        (
-            _UPSERT_LEVELS,
-            ([x.id for x in levels], [x.name for x in levels], [x.position for x in levels]),
-        ),
-        (
-            _UPSERT_TOPICS,
-            ([x.id for x in topics], [x.name for x in topics], [x.level_id for x in topics]),
-        ),
-    ):
-        catalog += max((await conn.execute(statement, params)).rowcount, 0)
+    cur = await conn.execute(
+        _UPSERT_LEVELS,
+        ([x.id for x in levels], [x.name for x in levels], [x.position for x in levels]),
+    )
+    catalog = cur.rowcount
+    cur = await conn.execute(
+        _UPSERT_TOPICS,
+        ([x.id for x in topics], [x.name for x in topics], [x.level_id for x in topics]),
+    )
+    catalog += cur.rowcount
     cur = await conn.execute(_UPSERT_GROUPS, ([x.id for x in groups], [x.name for x in groups]))
     changed = {str(row[0]) for row in await cur.fetchall()}
     cur = await conn.execute(

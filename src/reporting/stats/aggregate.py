@@ -60,11 +60,11 @@ from psycopg.pq import TransactionStatus
 from reporting.db.priority import lower_backend_priority
 from reporting.settings import Settings
 from reporting.stats import state
+from reporting.stats.cache import CHANNEL, change_payload
 from reporting.stats.state import HALVES, state_tables
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "stats_changed"
 STAGE_PREFIX = "reporting_tick_"
 LEADERBOARD_TTL_HOURS = 24
 
@@ -847,7 +847,7 @@ def _swap(conn: psycopg.Connection, stage: _Stage, settings: Settings, result: T
         )
         conn.execute(
             "SELECT pg_notify(%s, %s)",
-            (NOTIFY_CHANNEL, json.dumps({"tick_id": result.tick_id, "group_ids": None})),
+            (CHANNEL, change_payload(None, tick_id=result.tick_id)),
         )
 
 
