@@ -65,6 +65,7 @@ def test_directory_then_jsonl_through_the_console_script(fresh_db_url: str, tmp_
 
     assert loaded.returncode == 0, loaded.stderr
     assert "upserted 2 groups, 3 users (4 memberships), 1 levels, 2 topics" in loaded.stdout
+    assert "directory.json: 3/3, done" in loaded.stderr  # the progress bar, every stage passed
     assert first.returncode == 0, first.stderr
     assert "3 attempts read, 2 inserted, 1 duplicates" in first.stdout
     assert "attempts.jsonl" in first.stderr  # the progress bar

@@ -49,20 +49,41 @@ class IngestFileError(Exception):
 def ingest_directory_file(url: str, path: Path) -> str:
     """Upsert a directory JSON file (`{groups, users, levels, topics}`); returns a summary line."""
     started = time.perf_counter()
-    try:
-        directory = DirectoryUpsert.model_validate_json(path.read_bytes())
-    except ValidationError as error:
-        raise _rejected(path, field_errors(error)) from None
-    try:
-        counts = asyncio.run(_upsert_directory(url, directory))
-    except EntriesRejected as error:
-        raise _rejected(path, error.field_errors) from None
+    # One document, checked whole and written in one transaction: the bar shows the stage.
+    with tqdm(
+        total=len(_DIRECTORY_STAGES),
+        desc=path.name,
+        bar_format="{desc}: {n}/{total}{postfix} [{elapsed}]",
+        file=sys.stderr,
+    ) as bar:
+        stages = iter(_DIRECTORY_STAGES)
+        bar.set_postfix_str(next(stages))
+        raw = path.read_bytes()
+        _next_stage(bar, stages)
+        try:
+            directory = DirectoryUpsert.model_validate_json(raw)
+        except ValidationError as error:
+            raise _rejected(path, field_errors(error)) from None
+        _next_stage(bar, stages)
+        try:
+            counts = asyncio.run(_upsert_directory(url, directory))
+        except EntriesRejected as error:
+            raise _rejected(path, error.field_errors) from None
+        _next_stage(bar, stages)
     elapsed = time.perf_counter() - started
     return (
         f"{path.name}: upserted {counts.groups:,} groups, {counts.users:,} users"
         f" ({counts.memberships:,} memberships), {counts.levels:,} levels, {counts.topics:,} topics"
         f" in {elapsed:.1f} s"
     )
+
+
+_DIRECTORY_STAGES = ("reading", "checking", "writing")
+
+
+def _next_stage(bar: tqdm, stages: Iterator[str]) -> None:
+    bar.update()
+    bar.set_postfix_str(next(stages, "done"))
 
 
 async def _upsert_directory(url: str, directory: DirectoryUpsert) -> DirectoryCounts:
