@@ -3,6 +3,7 @@ rules, the stream's format, NOTIFY stats_changed reaching it, pings, the subscri
 cap, and a `reporting serve` process that stops promptly with a stream open."""
 
 import contextlib
+import itertools
 import json
 import signal
 import threading
@@ -137,6 +138,7 @@ class Stream:
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
         self._lines = response.iter_lines()
+        self.hello = Block()  # the opening block, once read
 
     def next(self) -> Block:
         block = Block()
@@ -173,8 +175,9 @@ def _open(
     with client.stream("GET", url, headers={**_bearer(token), **(headers or {})}) as response:
         assert response.status_code == 200, response.read()
         stream = Stream(response)
-        hello = stream.next()
-        assert hello.comments and hello.fields == {"retry": "3000"}
+        stream.hello = stream.next()
+        assert stream.hello.comments and stream.hello.fields["retry"] == "3000"
+        assert set(stream.hello.fields) <= {"retry", "id"}
         yield stream
 
 
@@ -248,10 +251,13 @@ def test_stream_headers_and_opening(
         assert response.headers["cache-control"] == "no-cache"
         assert response.headers["x-accel-buffering"] == "no"
         lines = response.iter_lines()
-        first, second, blank = next(lines), next(lines), next(lines)
+        first, second = next(lines), next(lines)
+        rest = list(itertools.takewhile(bool, lines))  # to the blank line that ends the block
 
     assert first.startswith(":")
-    assert (second, blank) == ("retry: 3000", "")
+    assert second == "retry: 3000"
+    newest = server.hub.newest_tick
+    assert rest == ([] if newest is None else [f"id: {newest}"])
 
 
 def test_a_notify_for_the_group_arrives_as_an_event(
@@ -321,6 +327,54 @@ def test_last_event_id_older_than_the_groups_last_change_gets_it_at_once(
 
     assert (missed.fields["id"], missed.data) == ("40", {"group_id": "g2", "tick_id": 40})
     assert after.fields["id"] == "41"  # nothing replayed for a client that is up to date
+
+
+def test_a_stream_that_reconnects_after_a_change_without_a_tick_is_told_of_it(
+    server: Server, client: httpx.Client, make_token: TokenFactory, school_url: str
+) -> None:
+    token = make_token("teacher", groups=["g2"])
+
+    def publish(payload: dict[str, object]) -> None:
+        before = server.hub.published
+        _notify(school_url, payload)
+        assert _until(lambda: server.hub.published > before)
+
+    publish({"tick_id": 60, "group_ids": ["g2"]})
+    publish({"group_ids": ["g2"]})  # a directory upsert renamed the group: no tick, no id
+    with _open(client, server, token, "g2", {"Last-Event-ID": "60"}) as behind:
+        missed = behind.next_event()
+    with _open(client, server, token, "g2", {"Last-Event-ID": "1234567"}) as unknown:
+        unknown_missed = unknown.next_event()  # a tick this process never saw: told anyway
+    publish({"tick_id": 61, "group_ids": ["g2"]})
+    with _open(client, server, token, "g2", {"Last-Event-ID": "61"}) as current:
+        _notify(school_url, {"tick_id": 62, "group_ids": ["g2"]})
+        after = current.next_event()
+
+    assert "id" not in missed.fields  # the client keeps its Last-Event-ID
+    assert missed.data == {"group_id": "g2", "tick_id": None}
+    assert unknown_missed.data == {"group_id": "g2", "tick_id": None}
+    assert after.fields["id"] == "62"  # the change before tick 61 is not replayed
+
+
+def test_the_opening_block_names_the_newest_tick_so_a_client_with_no_event_yet_can_catch_up(
+    server: Server, client: httpx.Client, make_token: TokenFactory, school_url: str
+) -> None:
+    token = make_token("teacher", groups=["g2"])
+    before = server.hub.published
+    _notify(school_url, {"tick_id": 70, "group_ids": ["g1"]})  # another group's tick
+    assert _until(lambda: server.hub.published > before)
+
+    with _open(client, server, token, "g2") as first:
+        baseline = first.hello.fields["id"]
+    # While the client is away (no event reached it): a tick of its group.
+    before = server.hub.published
+    _notify(school_url, {"tick_id": 71, "group_ids": ["g2"]})
+    assert _until(lambda: server.hub.published > before)
+    with _open(client, server, token, "g2", {"Last-Event-ID": baseline}) as again:
+        missed = again.next_event()
+
+    assert baseline == "70"
+    assert (missed.fields["id"], missed.data) == ("71", {"group_id": "g2", "tick_id": 71})
 
 
 def test_a_lost_listener_tells_open_streams_that_anything_may_have_changed(

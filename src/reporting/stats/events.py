@@ -8,6 +8,11 @@ group holding at most one pending change: a newer tick overwrites an unsent one 
 needs "changed"), so a slow or stalled client costs constant memory. At most `MAX_SUBSCRIBERS`
 streams per process; beyond that 503.
 
+An event's id is the worker's tick, and the opening block carries the newest tick the process
+knows of. A client that reconnects with a Last-Event-ID (EventSource does, after a dropped
+connection) is told at once of what changed for its group meanwhile: a later tick, or a change
+without a tick (a directory upsert; a gap of the listener).
+
 A stream ends when its client goes (Starlette cancels it on http.disconnect) or when the hub
 closes. uvicorn waits for open responses before it shuts the app down, and an event stream never
 finishes by itself, so SIGTERM/SIGINT close the hub first (`closed_on_exit_signals`).
@@ -37,6 +42,9 @@ RETRY_MILLISECONDS = 3000
 # Each stream is a socket and a few hundred bytes here; the cap keeps a reconnect storm or a
 # leaky client from taking the process's file descriptors.
 MAX_SUBSCRIBERS = 1000
+# Ticks whose arrival time is kept (for reconnecting streams, see StatsEventHub): hours of live
+# ticks; a Last-Event-ID older than those is treated as unknown.
+REMEMBERED_TICKS = 10_000
 
 LIVE_UPDATES_OFF = "Live updates are off on this server (REPORTING_ENABLE_LIVE_UPDATES=false)."
 STREAM_HEADERS = {
@@ -44,7 +52,7 @@ STREAM_HEADERS = {
     # nginx would otherwise hold the events back in its buffer.
     "X-Accel-Buffering": "no",
 }
-_HELLO = f": stats_changed events\nretry: {RETRY_MILLISECONDS}\n\n".encode()
+_HELLO = f": stats_changed events\nretry: {RETRY_MILLISECONDS}\n"
 _PING = b"event: ping\ndata: {}\n\n"
 
 
@@ -72,10 +80,13 @@ def parse_change(payload: str) -> StatsChange:
 class Subscription:
     """One stream's view of one group: whether a change is unsent, and the newest tick seen."""
 
-    __slots__ = ("_wake", "closed", "group_id", "pending", "tick_id")
+    __slots__ = ("_wake", "baseline", "closed", "group_id", "pending", "tick_id")
 
-    def __init__(self, group_id: str) -> None:
+    def __init__(self, group_id: str, baseline: int | None = None) -> None:
         self.group_id = group_id
+        # The newest tick this process had seen when the stream opened: the opening block's
+        # event id, so even a client that gets no event before it reconnects has one to send.
+        self.baseline = baseline
         self.tick_id: int | None = None
         self.pending = False
         self.closed = False
@@ -101,6 +112,11 @@ class Subscription:
                 return False
         self._wake.clear()
         return True
+
+    def hello(self) -> bytes:
+        """The opening block: a comment, the retry delay and the baseline event id."""
+        event_id = "" if self.baseline is None else f"id: {self.baseline}\n"
+        return f"{_HELLO}{event_id}\n".encode()
 
     def take(self) -> bytes:
         """The pending change as one SSE event (and nothing pending any more)."""
@@ -131,9 +147,22 @@ class StatsEventHub:
         # an older Last-Event-ID is told at once about the change it missed in between.
         self._last_tick: dict[str, int] = {}
         self._last_tick_all: int | None = None
+        # Changes without a tick (a directory upsert, a listener gap) carry no event id to
+        # compare: which publish brought each here, and each tick, so a stream that reconnects
+        # after one is told too (when its Last-Event-ID is a tick this process never saw, it is
+        # told anyway: one needless reload rather than a page left stale).
+        self._unnumbered_at: dict[str, int] = {}
+        self._unnumbered_all_at: int | None = None
+        self._tick_seen_at: dict[int, int] = {}
+        self._newest_tick: int | None = None
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def newest_tick(self) -> int | None:
+        """The newest tick this process was told of (new streams open with it as their id)."""
+        return self._newest_tick
 
     def publish(self, payload: str | None) -> None:
         """A stats_changed payload; None when changes may have been missed (the listener came
@@ -141,9 +170,17 @@ class StatsEventHub:
         change = StatsChange(None, None) if payload is None else parse_change(payload)
         self.published += 1
         tick = change.tick_id
+        order = self.published  # which change came first, for _replay_missed
+        if tick is not None:
+            self._newest_tick = max(tick, self._newest_tick or 0)
+            self._tick_seen_at.setdefault(tick, order)
+            while len(self._tick_seen_at) > REMEMBERED_TICKS:
+                del self._tick_seen_at[next(iter(self._tick_seen_at))]
         if change.group_ids is None:
             if tick is not None:
                 self._last_tick_all = max(tick, self._last_tick_all or 0)
+            else:
+                self._unnumbered_all_at = order
             for subscriptions in self._by_group.values():
                 for subscription in subscriptions:
                     subscription.notify(tick)
@@ -151,6 +188,8 @@ class StatsEventHub:
         for group_id in change.group_ids:
             if tick is not None:
                 self._last_tick[group_id] = max(tick, self._last_tick.get(group_id, 0))
+            else:
+                self._unnumbered_at[group_id] = order
             for subscription in self._by_group.get(group_id, ()):
                 subscription.notify(tick)
 
@@ -162,16 +201,26 @@ class StatsEventHub:
             raise ServiceUnavailable(
                 "Too many live update streams on this server.", headers={"Retry-After": "30"}
             )
-        subscription = Subscription(group_id)
+        subscription = Subscription(group_id, baseline=self._newest_tick)
         if last_event_id is not None:
-            seen = [
-                t for t in (self._last_tick.get(group_id), self._last_tick_all) if t is not None
-            ]
-            if seen and max(seen) > last_event_id:
-                subscription.notify(max(seen))
+            self._replay_missed(subscription, last_event_id)
         self._by_group.setdefault(group_id, set()).add(subscription)
         self._count += 1
         return subscription
+
+    def _replay_missed(self, subscription: Subscription, last_event_id: int) -> None:
+        """Tell a stream that reconnected after `last_event_id` of what changed since."""
+        group_id = subscription.group_id
+        ticks = [t for t in (self._last_tick.get(group_id), self._last_tick_all) if t is not None]
+        if ticks and max(ticks) > last_event_id:
+            subscription.notify(max(ticks))
+        unnumbered = [
+            t for t in (self._unnumbered_at.get(group_id), self._unnumbered_all_at) if t is not None
+        ]
+        if unnumbered:
+            since = self._tick_seen_at.get(last_event_id)
+            if since is None or max(unnumbered) > since:
+                subscription.notify(None)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         subscriptions = self._by_group.get(subscription.group_id)
@@ -190,8 +239,8 @@ class StatsEventHub:
                 subscription.close()
 
     async def events(self, subscription: Subscription) -> AsyncIterator[bytes]:
-        """The stream's bytes: a comment and the retry delay, then changes and pings."""
-        yield _HELLO
+        """The stream's bytes: the opening block, then changes and pings."""
+        yield subscription.hello()
         while not subscription.closed:
             # Re-read each time: tests shorten the interval on a running hub.
             if not await subscription.wait(self.ping_seconds):

@@ -129,8 +129,8 @@ async def read_group_stats(group_id: str, caller: CurrentCaller, request: Reques
     },
     summary="Server-Sent Events: this group's statistics changed",
     description="The same access rules as GET /stats/groups/{id}. An event carries no numbers: "
-    "read the group again. A `Last-Event-ID` older than the group's last change gets that "
-    "change at once.",
+    "read the group again. Event ids are the worker's ticks; the opening block carries the "
+    "newest one. A `Last-Event-ID` older than the group's last change gets that change at once.",
 )
 async def follow_group_stats(
     group_id: str,
