@@ -43,6 +43,12 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _positions(text: str, parts: list[str]) -> list[int]:
+    found = [text.find(part) for part in parts]
+    assert -1 not in found, (parts, text)
+    return found
+
+
 @pytest.fixture
 def directory_loaded(fresh_db_url: str, tmp_path: Path) -> None:
     path = tmp_path / "directory.json"
@@ -65,7 +71,8 @@ def test_directory_then_jsonl_through_the_console_script(fresh_db_url: str, tmp_
 
     assert loaded.returncode == 0, loaded.stderr
     assert "upserted 2 groups, 3 users (4 memberships), 1 levels, 2 topics" in loaded.stdout
-    assert "directory.json: 3/3, done" in loaded.stderr  # the progress bar, every stage passed
+    stages = ["1/3, checking", "2/3, writing", "3/3, done"]  # the progress bar, in order
+    assert _positions(loaded.stderr, stages) == sorted(_positions(loaded.stderr, stages))
     assert first.returncode == 0, first.stderr
     assert "3 attempts read, 2 inserted, 1 duplicates" in first.stdout
     assert "attempts.jsonl" in first.stderr  # the progress bar
@@ -177,6 +184,7 @@ def test_a_directory_file_with_unknown_references_writes_nothing(
     result = run(fresh_db_url, "directory", str(path), cwd=tmp_path)
 
     assert result.returncode == 1
+    assert "directory.json: 2/3, rejected" in result.stderr  # the bar says where it stopped
     assert "directory.json rejected, nothing written: 1 entry is not valid" in result.stderr
     assert "users[0].group_ids[0]: unknown group id 'g-x'" in result.stderr
     assert count(fresh_db_url, "SELECT count(*) FROM groups") == 0

@@ -51,25 +51,26 @@ def ingest_directory_file(url: str, path: Path) -> str:
     started = time.perf_counter()
     # One document, checked whole and written in one transaction: the bar shows the stage.
     with tqdm(
-        total=len(_DIRECTORY_STAGES),
+        total=3,
         desc=path.name,
         bar_format="{desc}: {n}/{total}{postfix} [{elapsed}]",
         file=sys.stderr,
     ) as bar:
-        stages = iter(_DIRECTORY_STAGES)
-        bar.set_postfix_str(next(stages))
+        _stage(bar, 0, "reading")
         raw = path.read_bytes()
-        _next_stage(bar, stages)
+        _stage(bar, 1, "checking")
         try:
             directory = DirectoryUpsert.model_validate_json(raw)
         except ValidationError as error:
+            _stage(bar, 1, "rejected")
             raise _rejected(path, field_errors(error)) from None
-        _next_stage(bar, stages)
+        _stage(bar, 2, "writing")
         try:
             counts = asyncio.run(_upsert_directory(url, directory))
         except EntriesRejected as error:
+            _stage(bar, 2, "rejected")
             raise _rejected(path, error.field_errors) from None
-        _next_stage(bar, stages)
+        _stage(bar, 3, "done")
     elapsed = time.perf_counter() - started
     return (
         f"{path.name}: upserted {counts.groups:,} groups, {counts.users:,} users"
@@ -78,12 +79,9 @@ def ingest_directory_file(url: str, path: Path) -> str:
     )
 
 
-_DIRECTORY_STAGES = ("reading", "checking", "writing")
-
-
-def _next_stage(bar: tqdm, stages: Iterator[str]) -> None:
-    bar.update()
-    bar.set_postfix_str(next(stages, "done"))
+def _stage(bar: tqdm, done: int, name: str) -> None:
+    bar.n = done
+    bar.set_postfix_str(name)  # refreshes the bar
 
 
 async def _upsert_directory(url: str, directory: DirectoryUpsert) -> DirectoryCounts:
