@@ -111,12 +111,19 @@ def test_the_event_stream_parser_follows_the_sse_rules(page: Page, live_server: 
                 'data: tail',                       // unfinished: kept for later
             ];
             const out = chunks.flatMap((chunk) => parser.push(chunk));
-            return { out, retry: parser.retry, lastId: parser.lastEventId };
+            // The connection drops inside a block ('tail', then these): its id does not count.
+            out.push(...parser.push('\\nid: 9\\ndata: cut'));
+            const cutId = parser.lastEventId;
+            parser.newConnection();
+            out.push(...parser.push(': hello\\ndata: next\\n\\n'));
+            return { out, retry: parser.retry, lastId: parser.lastEventId, cutId };
         }"""
     )
     assert events["out"] == [
         {"type": "stats_changed", "data": '{"group_ids":\n["g-a"]}', "id": "7"},
         {"type": "message", "data": "no space", "id": "7"},
+        {"type": "message", "data": "next", "id": "7"},
     ]
+    assert events["cutId"] == "7"
     assert events["retry"] == 1500
     assert events["lastId"] == "7"

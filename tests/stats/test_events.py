@@ -26,6 +26,7 @@ from reporting.stats.events import (
     PING_SECONDS,
     StatsChange,
     StatsEventHub,
+    Subscription,
     parse_change,
 )
 from tests.builders import make_group
@@ -251,13 +252,10 @@ def test_stream_headers_and_opening(
         assert response.headers["cache-control"] == "no-cache"
         assert response.headers["x-accel-buffering"] == "no"
         lines = response.iter_lines()
-        first, second = next(lines), next(lines)
-        rest = list(itertools.takewhile(bool, lines))  # to the blank line that ends the block
+        opening = list(itertools.takewhile(bool, lines))  # to the blank line that ends the block
 
-    assert first.startswith(":")
-    assert second == "retry: 3000"
-    newest = server.hub.newest_tick
-    assert rest == ([] if newest is None else [f"id: {newest}"])
+    assert opening[0].startswith(":")
+    assert opening[1:] == ["retry: 3000", f"id: {server.hub.instance}-{server.hub.published}"]
 
 
 def test_a_notify_for_the_group_arrives_as_an_event(
@@ -270,7 +268,7 @@ def test_a_notify_for_the_group_arrives_as_an_event(
         elapsed = time.monotonic() - sent
 
     assert elapsed < WITHIN_SECS
-    assert event.fields["id"] == "5"
+    assert event.fields["id"] == server.hub.event_id
     assert event.event == "stats_changed"
     assert event.data == {"group_id": "g1", "tick_id": 5}
 
@@ -279,6 +277,7 @@ def test_other_groups_changes_do_not_arrive_and_null_means_every_group(
     server: Server, client: httpx.Client, make_token: TokenFactory, school_url: str
 ) -> None:
     with _open(client, server, make_token("admin")) as stream:
+        start = server.hub.published
         _notify(school_url, {"tick_id": 6, "group_ids": ["g2"]})
         _notify(school_url, {"tick_id": 7, "group_ids": None, "mode": "full"})
         first = stream.next_event()
@@ -286,8 +285,15 @@ def test_other_groups_changes_do_not_arrive_and_null_means_every_group(
         second = stream.next_event()
 
     # NOTIFYs arrive in order: had tick 6 reached this stream, it would have come first.
-    assert (first.fields["id"], first.data) == ("7", {"group_id": "g1", "tick_id": 7})
-    assert (second.fields["id"], second.data) == ("8", {"group_id": "g1", "tick_id": 8})
+    instance = server.hub.instance
+    assert (first.fields["id"], first.data) == (
+        f"{instance}-{start + 2}",
+        {"group_id": "g1", "tick_id": 7},
+    )
+    assert (second.fields["id"], second.data) == (
+        f"{instance}-{start + 3}",
+        {"group_id": "g1", "tick_id": 8},
+    )
 
 
 def test_a_payload_without_tick_still_says_changed(
@@ -297,7 +303,7 @@ def test_a_payload_without_tick_still_says_changed(
         _notify(school_url, {"group_ids": ["g1"]})
         event = stream.next_event()
 
-    assert "id" not in event.fields
+    assert event.fields["id"] == server.hub.event_id
     assert event.data == {"group_id": "g1", "tick_id": None}
 
 
@@ -311,70 +317,25 @@ def test_ping_keeps_a_quiet_stream_alive(
     assert [p.event for p in pings] == ["ping", "ping"]
 
 
-def test_last_event_id_older_than_the_groups_last_change_gets_it_at_once(
+def test_a_stream_that_reconnects_with_its_last_event_id_is_told_what_it_missed(
     server: Server, client: httpx.Client, make_token: TokenFactory, school_url: str
 ) -> None:
     token = make_token("teacher", groups=["g2"])
-    with _open(client, server, token, "g2") as stream:
-        _notify(school_url, {"tick_id": 40, "group_ids": ["g2"]})
-        assert stream.next_event().fields["id"] == "40"
-
-    with _open(client, server, token, "g2", {"Last-Event-ID": "39"}) as behind:
-        missed = behind.next_event()
-    with _open(client, server, token, "g2", {"Last-Event-ID": "40"}) as current:
-        _notify(school_url, {"tick_id": 41, "group_ids": ["g2"]})
-        after = current.next_event()
-
-    assert (missed.fields["id"], missed.data) == ("40", {"group_id": "g2", "tick_id": 40})
-    assert after.fields["id"] == "41"  # nothing replayed for a client that is up to date
-
-
-def test_a_stream_that_reconnects_after_a_change_without_a_tick_is_told_of_it(
-    server: Server, client: httpx.Client, make_token: TokenFactory, school_url: str
-) -> None:
-    token = make_token("teacher", groups=["g2"])
-
-    def publish(payload: dict[str, object]) -> None:
-        before = server.hub.published
-        _notify(school_url, payload)
-        assert _until(lambda: server.hub.published > before)
-
-    publish({"tick_id": 60, "group_ids": ["g2"]})
-    publish({"group_ids": ["g2"]})  # a directory upsert renamed the group: no tick, no id
-    with _open(client, server, token, "g2", {"Last-Event-ID": "60"}) as behind:
-        missed = behind.next_event()
-    with _open(client, server, token, "g2", {"Last-Event-ID": "1234567"}) as unknown:
-        unknown_missed = unknown.next_event()  # a tick this process never saw: told anyway
-    publish({"tick_id": 61, "group_ids": ["g2"]})
-    with _open(client, server, token, "g2", {"Last-Event-ID": "61"}) as current:
-        _notify(school_url, {"tick_id": 62, "group_ids": ["g2"]})
-        after = current.next_event()
-
-    assert "id" not in missed.fields  # the client keeps its Last-Event-ID
-    assert missed.data == {"group_id": "g2", "tick_id": None}
-    assert unknown_missed.data == {"group_id": "g2", "tick_id": None}
-    assert after.fields["id"] == "62"  # the change before tick 61 is not replayed
-
-
-def test_the_opening_block_names_the_newest_tick_so_a_client_with_no_event_yet_can_catch_up(
-    server: Server, client: httpx.Client, make_token: TokenFactory, school_url: str
-) -> None:
-    token = make_token("teacher", groups=["g2"])
-    before = server.hub.published
-    _notify(school_url, {"tick_id": 70, "group_ids": ["g1"]})  # another group's tick
-    assert _until(lambda: server.hub.published > before)
-
+    server.hub.ping_seconds = 0.2
     with _open(client, server, token, "g2") as first:
-        baseline = first.hello.fields["id"]
-    # While the client is away (no event reached it): a tick of its group.
+        seen = first.hello.fields["id"]  # no event yet: the opening block's id
     before = server.hub.published
-    _notify(school_url, {"tick_id": 71, "group_ids": ["g2"]})
+    _notify(school_url, {"group_ids": ["g2"]})  # while it is away: a directory upsert, no tick
     assert _until(lambda: server.hub.published > before)
-    with _open(client, server, token, "g2", {"Last-Event-ID": baseline}) as again:
-        missed = again.next_event()
 
-    assert baseline == "70"
-    assert (missed.fields["id"], missed.data) == ("71", {"group_id": "g2", "tick_id": 71})
+    with _open(client, server, token, "g2", {"Last-Event-ID": seen}) as again:
+        missed = again.next_event()
+    with _open(client, server, token, "g2", {"Last-Event-ID": missed.fields["id"]}) as current:
+        quiet = current.next()
+
+    assert "id" not in again.hello.fields  # the id moves on only with the change's own block
+    assert (missed.event, missed.data["group_id"]) == ("stats_changed", "g2")
+    assert quiet.event == "ping"  # up to date: nothing replayed
 
 
 def test_a_lost_listener_tells_open_streams_that_anything_may_have_changed(
@@ -432,12 +393,77 @@ def test_a_slow_reader_costs_one_pending_change() -> None:
         hub.publish(json.dumps({"tick_id": tick, "group_ids": ["g1", "g2"]}))
 
     assert subscription.pending and subscription.tick_id == 10_000
-    assert subscription.take() == (
-        b'id: 10000\nevent: stats_changed\ndata: {"group_id": "g1", "tick_id": 10000}\n\n'
+    assert (
+        subscription.take()
+        == (
+            f'id: {hub.instance}-10000\nevent: stats_changed\ndata: {{"group_id": "g1", "tick_id": 10000}}\n\n'
+        ).encode()
     )
     assert not subscription.pending
     hub.unsubscribe(subscription)
     assert len(hub) == 0
+
+
+def _reconnect(hub: StatsEventHub, group_id: str, last_event_id: str) -> Subscription:
+    subscription = hub.subscribe(group_id, last_event_id)
+    hub.unsubscribe(subscription)
+    return subscription
+
+
+def test_a_reconnecting_stream_is_told_of_each_kind_of_change_it_missed_and_only_those() -> None:
+    hub = StatsEventHub(enabled=True)
+    opened = hub.subscribe("g1")
+    hub.unsubscribe(opened)
+    at_open = opened.event_id
+
+    hub.publish(json.dumps({"tick_id": 9, "group_ids": ["g2"]}))  # another group's
+    after_other_group = hub.event_id
+    quiet = _reconnect(hub, "g1", at_open)
+    hub.publish(json.dumps({"group_ids": ["g1"]}))  # no tick: a directory upsert
+    after_upsert = hub.event_id
+    upsert = _reconnect(hub, "g1", after_other_group)
+    told = _reconnect(hub, "g1", upsert.event_id)  # told once, it is up to date
+    hub.publish(json.dumps({"tick_id": 10, "group_ids": ["g2", "g1"]}))
+    tick = _reconnect(hub, "g1", after_upsert)
+    before_gap = hub.event_id
+    hub.publish(None)  # the listener came back after a gap
+    gap = _reconnect(hub, "g2", before_gap)
+    current = _reconnect(hub, "g1", hub.event_id)
+
+    assert not quiet.pending
+    assert upsert.pending and upsert.event_id == after_upsert and upsert.tick_id is None
+    assert not told.pending
+    assert tick.pending and tick.tick_id == 10
+    assert gap.pending
+    assert not current.pending
+
+
+def test_an_id_of_another_process_or_none_of_ours_is_told_once() -> None:
+    hub = StatsEventHub(enabled=True)  # a fresh process: it was told of nothing yet
+    other = StatsEventHub(enabled=True)
+
+    for foreign in (other.event_id, "12", "garbage", f"{hub.instance}-x"):
+        assert _reconnect(hub, "g1", foreign).pending, foreign
+    assert not _reconnect(hub, "g1", hub.event_id).pending
+    assert not hub.subscribe("g1").pending  # a first connection (no Last-Event-ID): nothing
+
+
+def test_the_opening_block_has_the_id_unless_a_missed_change_is_pending() -> None:
+    hub = StatsEventHub(enabled=True)
+    hub.publish(json.dumps({"tick_id": 3, "group_ids": ["g1"]}))
+    fresh = hub.subscribe("g1")
+    behind = hub.subscribe("g1", f"{hub.instance}-0")
+
+    assert fresh.opening() == (
+        f": stats_changed events\nretry: 3000\nid: {hub.instance}-1\n\n".encode()
+    )
+    assert behind.opening() == b": stats_changed events\nretry: 3000\n\n"
+    assert (
+        behind.take()
+        == (
+            f'id: {hub.instance}-1\nevent: stats_changed\ndata: {{"group_id": "g1", "tick_id": 3}}\n\n'
+        ).encode()
+    )
 
 
 @pytest.mark.parametrize(
@@ -498,7 +524,7 @@ def test_sigterm_ends_open_streams_and_the_server_stops_promptly(
     finally:
         api.kill()
 
-    assert rest[:2] == ["retry: 3000", ""]
+    assert rest[:3] == ["retry: 3000", rest[1], ""] and rest[1].startswith("id: ")
     assert ended < 2, f"the stream stayed open {ended:.1f} s after SIGTERM"
     assert code == 0, api.tail()
     assert stopped < 5, f"the server took {stopped:.1f} s to stop"

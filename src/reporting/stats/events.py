@@ -8,10 +8,10 @@ group holding at most one pending change: a newer tick overwrites an unsent one 
 needs "changed"), so a slow or stalled client costs constant memory. At most `MAX_SUBSCRIBERS`
 streams per process; beyond that 503.
 
-An event's id is the worker's tick, and the opening block carries the newest tick the process
-knows of. A client that reconnects with a Last-Event-ID (EventSource does, after a dropped
-connection) is told at once of what changed for its group meanwhile: a later tick, or a change
-without a tick (a directory upsert; a gap of the listener).
+Every block that moves a stream on carries an event id (see StatsEventHub), the opening one
+included. A client that reconnects with its Last-Event-ID (EventSource does, after a dropped
+connection) is told at once if its group changed meanwhile: by a tick, a directory upsert or a
+gap of the listener.
 
 A stream ends when its client goes (Starlette cancels it on http.disconnect) or when the hub
 closes. uvicorn waits for open responses before it shuts the app down, and an event stream never
@@ -21,6 +21,7 @@ finishes by itself, so SIGTERM/SIGINT close the hub first (`closed_on_exit_signa
 import asyncio
 import contextlib
 import json
+import secrets
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,9 +43,6 @@ RETRY_MILLISECONDS = 3000
 # Each stream is a socket and a few hundred bytes here; the cap keeps a reconnect storm or a
 # leaky client from taking the process's file descriptors.
 MAX_SUBSCRIBERS = 1000
-# Ticks whose arrival time is kept (for reconnecting streams, see StatsEventHub): hours of live
-# ticks; a Last-Event-ID older than those is treated as unknown.
-REMEMBERED_TICKS = 10_000
 
 LIVE_UPDATES_OFF = "Live updates are off on this server (REPORTING_ENABLE_LIVE_UPDATES=false)."
 STREAM_HEADERS = {
@@ -52,7 +50,6 @@ STREAM_HEADERS = {
     # nginx would otherwise hold the events back in its buffer.
     "X-Accel-Buffering": "no",
 }
-_HELLO = f": stats_changed events\nretry: {RETRY_MILLISECONDS}\n"
 _PING = b"event: ping\ndata: {}\n\n"
 
 
@@ -78,23 +75,23 @@ def parse_change(payload: str) -> StatsChange:
 
 
 class Subscription:
-    """One stream's view of one group: whether a change is unsent, and the newest tick seen."""
+    """One stream's view of one group: whether a change is unsent, its event id, and the newest
+    tick seen."""
 
-    __slots__ = ("_wake", "baseline", "closed", "group_id", "pending", "tick_id")
+    __slots__ = ("_wake", "closed", "event_id", "group_id", "pending", "tick_id")
 
-    def __init__(self, group_id: str, baseline: int | None = None) -> None:
+    def __init__(self, group_id: str, event_id: str) -> None:
         self.group_id = group_id
-        # The newest tick this process had seen when the stream opened: the opening block's
-        # event id, so even a client that gets no event before it reconnects has one to send.
-        self.baseline = baseline
+        self.event_id = event_id  # where the stream stands: the opening block's id, then events'
         self.tick_id: int | None = None
         self.pending = False
         self.closed = False
         self._wake = asyncio.Event()
 
-    def notify(self, tick_id: int | None) -> None:
+    def notify(self, tick_id: int | None, event_id: str) -> None:
         if tick_id is not None and (self.tick_id is None or tick_id > self.tick_id):
             self.tick_id = tick_id
+        self.event_id = event_id
         self.pending = True
         self._wake.set()
 
@@ -113,21 +110,29 @@ class Subscription:
         self._wake.clear()
         return True
 
-    def hello(self) -> bytes:
-        """The opening block: a comment, the retry delay and the baseline event id."""
-        event_id = "" if self.baseline is None else f"id: {self.baseline}\n"
-        return f"{_HELLO}{event_id}\n".encode()
+    def opening(self) -> bytes:
+        """The first block: a comment, the retry delay and the stream's event id. Without the
+        id while a change is pending (one missed while disconnected): the client's id moves on
+        only with the block that tells of the change, so losing that block loses nothing."""
+        event_id = "" if self.pending else f"id: {self.event_id}\n"
+        return f": stats_changed events\nretry: {RETRY_MILLISECONDS}\n{event_id}\n".encode()
 
     def take(self) -> bytes:
         """The pending change as one SSE event (and nothing pending any more)."""
         self.pending = False
         data = json.dumps({"group_id": self.group_id, "tick_id": self.tick_id})
-        event = f"event: stats_changed\ndata: {data}\n\n"
-        return (event if self.tick_id is None else f"id: {self.tick_id}\n{event}").encode()
+        return f"id: {self.event_id}\nevent: stats_changed\ndata: {data}\n\n".encode()
 
 
 class StatsEventHub:
-    """The process's open event streams, by group; fed by the stats_changed listener."""
+    """The process's open event streams, by group; fed by the stats_changed listener.
+
+    Event ids are `{instance}-{n}`: this hub's random instance name and the number of changes it
+    had been told of, so a Last-Event-ID says exactly which changes its client saw, ticks or not
+    (a directory upsert has no tick; a listener gap has nothing at all). One of another process
+    (a restart, another API worker) says nothing: that client is told once that its group
+    changed, a needless reload at worst rather than a page left stale.
+    """
 
     def __init__(
         self,
@@ -141,86 +146,68 @@ class StatsEventHub:
         self.ping_seconds = ping_seconds
         self.closed = False
         self.published = 0
+        self.instance = secrets.token_hex(6)
         self._by_group: dict[str, set[Subscription]] = {}
         self._count = 0
-        # The newest tick seen per group and for "every group": a stream that reconnects with
-        # an older Last-Event-ID is told at once about the change it missed in between.
+        # Per group, and for "every group": the number of the last change, and its newest tick.
+        self._changed: dict[str, int] = {}
+        self._changed_all = 0
         self._last_tick: dict[str, int] = {}
         self._last_tick_all: int | None = None
-        # Changes without a tick (a directory upsert, a listener gap) carry no event id to
-        # compare: which publish brought each here, and each tick, so a stream that reconnects
-        # after one is told too (when its Last-Event-ID is a tick this process never saw, it is
-        # told anyway: one needless reload rather than a page left stale).
-        self._unnumbered_at: dict[str, int] = {}
-        self._unnumbered_all_at: int | None = None
-        self._tick_seen_at: dict[int, int] = {}
-        self._newest_tick: int | None = None
 
     def __len__(self) -> int:
         return self._count
 
     @property
-    def newest_tick(self) -> int | None:
-        """The newest tick this process was told of (new streams open with it as their id)."""
-        return self._newest_tick
+    def event_id(self) -> str:
+        """The id that stands for every change this hub was told of so far."""
+        return f"{self.instance}-{self.published}"
 
     def publish(self, payload: str | None) -> None:
         """A stats_changed payload; None when changes may have been missed (the listener came
         back after a gap): every stream is told that everything changed."""
         change = StatsChange(None, None) if payload is None else parse_change(payload)
         self.published += 1
-        tick = change.tick_id
-        order = self.published  # which change came first, for _replay_missed
-        if tick is not None:
-            self._newest_tick = max(tick, self._newest_tick or 0)
-            self._tick_seen_at.setdefault(tick, order)
-            while len(self._tick_seen_at) > REMEMBERED_TICKS:
-                del self._tick_seen_at[next(iter(self._tick_seen_at))]
+        tick, event_id = change.tick_id, self.event_id
         if change.group_ids is None:
+            self._changed_all = self.published
             if tick is not None:
                 self._last_tick_all = max(tick, self._last_tick_all or 0)
-            else:
-                self._unnumbered_all_at = order
             for subscriptions in self._by_group.values():
                 for subscription in subscriptions:
-                    subscription.notify(tick)
+                    subscription.notify(tick, event_id)
             return
         for group_id in change.group_ids:
+            self._changed[group_id] = self.published
             if tick is not None:
                 self._last_tick[group_id] = max(tick, self._last_tick.get(group_id, 0))
-            else:
-                self._unnumbered_at[group_id] = order
             for subscription in self._by_group.get(group_id, ()):
-                subscription.notify(tick)
+                subscription.notify(tick, event_id)
 
-    def subscribe(self, group_id: str, last_event_id: int | None = None) -> Subscription:
-        """A new stream of `group_id`; 503 when the process is full or shutting down."""
+    def subscribe(self, group_id: str, last_event_id: str | None = None) -> Subscription:
+        """A new stream of `group_id`; 503 when the process is full or shutting down. A stream
+        that reconnects with `last_event_id` starts with what it missed since, if anything."""
         if self.closed:
             raise ServiceUnavailable("The server is shutting down.", headers={"Retry-After": "5"})
         if self._count >= self.max_subscribers:
             raise ServiceUnavailable(
                 "Too many live update streams on this server.", headers={"Retry-After": "30"}
             )
-        subscription = Subscription(group_id, baseline=self._newest_tick)
-        if last_event_id is not None:
-            self._replay_missed(subscription, last_event_id)
+        subscription = Subscription(group_id, self.event_id)
+        if last_event_id and self._missed(group_id, last_event_id):
+            ticks = [
+                t for t in (self._last_tick.get(group_id), self._last_tick_all) if t is not None
+            ]
+            subscription.notify(max(ticks, default=None), self.event_id)
         self._by_group.setdefault(group_id, set()).add(subscription)
         self._count += 1
         return subscription
 
-    def _replay_missed(self, subscription: Subscription, last_event_id: int) -> None:
-        """Tell a stream that reconnected after `last_event_id` of what changed since."""
-        group_id = subscription.group_id
-        ticks = [t for t in (self._last_tick.get(group_id), self._last_tick_all) if t is not None]
-        if ticks and max(ticks) > last_event_id:
-            subscription.notify(max(ticks))
-        unnumbered = [
-            t for t in (self._unnumbered_at.get(group_id), self._unnumbered_all_at) if t is not None
-        ]
-        if unnumbered:
-            since = self._tick_seen_at.get(last_event_id)
-            if since is None or max(unnumbered) > since:
-                subscription.notify(None)
+    def _missed(self, group_id: str, last_event_id: str) -> bool:
+        instance, _, seen = last_event_id.partition("-")
+        if instance != self.instance or not (seen.isascii() and seen.isdigit()):
+            return True  # not an id of this hub: it cannot say what the client saw
+        return max(self._changed.get(group_id, 0), self._changed_all) > int(seen)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         subscriptions = self._by_group.get(subscription.group_id)
@@ -240,7 +227,7 @@ class StatsEventHub:
 
     async def events(self, subscription: Subscription) -> AsyncIterator[bytes]:
         """The stream's bytes: the opening block, then changes and pings."""
-        yield subscription.hello()
+        yield subscription.opening()
         while not subscription.closed:
             # Re-read each time: tests shorten the interval on a running hub.
             if not await subscription.wait(self.ping_seconds):
@@ -267,11 +254,6 @@ class EventStream(StreamingResponse):
             self.hub.unsubscribe(self.subscription)
 
 
-def _event_id(last_event_id: str | None) -> int | None:
-    value = (last_event_id or "").strip()
-    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
-
-
 async def follow_group(
     db: Database,
     cache: ResponseCache,
@@ -288,7 +270,7 @@ async def follow_group(
     if not hub.enabled:
         raise NotFound(LIVE_UPDATES_OFF)
     await service.read_group(db, cache, scope, group_id)
-    return EventStream(hub, hub.subscribe(group_id, _event_id(last_event_id)))
+    return EventStream(hub, hub.subscribe(group_id, (last_event_id or "").strip() or None))
 
 
 _Handler = Callable[[int, FrameType | None], object]

@@ -113,9 +113,10 @@ async def read_group_stats(group_id: str, caller: CurrentCaller, request: Reques
     status_code=200,
     responses={
         200: {
-            "description": "A stream that stays open: a comment and `retry: 3000` first; then "
-            '`id: <tick_id>`, `event: stats_changed`, `data: {"group_id", "tick_id"}` after each '
-            "change of this group's numbers, and `event: ping` every 15 s of quiet",
+            "description": "A stream that stays open: a comment, `retry: 3000` and `id: <event "
+            'id>` first; then `id: <event id>`, `event: stats_changed`, `data: {"group_id", '
+            '"tick_id"}` after each change of this group\'s numbers (`tick_id` null when no tick '
+            "made it, e.g. a directory upsert), and `event: ping` every 15 s of quiet",
             "content": {"text/event-stream": {}},
         },
         401: _READ_ERRORS[401],
@@ -129,8 +130,9 @@ async def read_group_stats(group_id: str, caller: CurrentCaller, request: Reques
     },
     summary="Server-Sent Events: this group's statistics changed",
     description="The same access rules as GET /stats/groups/{id}. An event carries no numbers: "
-    "read the group again. Event ids are the worker's ticks; the opening block carries the "
-    "newest one. A `Last-Event-ID` older than the group's last change gets that change at once.",
+    "read the group again. Event ids are opaque. A reconnecting client that sends its "
+    "`Last-Event-ID` is told at once if the group changed since (always, when the id is of "
+    "another server process).",
 )
 async def follow_group_stats(
     group_id: str,

@@ -9,16 +9,22 @@ const MAX_RETRY_MS = 30_000;
 /** Feed text chunks in; get back {type, data, id} events as the SSE spec dispatches them. */
 export class SseParser {
   constructor() {
-    this.buffer = '';
-    this.reset();
     this.lastEventId = '';
     this.retry = null;
+    this.newConnection();
+  }
+
+  /** Forget a block cut short by a dropped connection; keep the last event id and retry. */
+  newConnection() {
+    this.buffer = '';
     this.endedWithCR = false;
+    this.reset();
   }
 
   reset() {
     this.type = '';
     this.data = [];
+    this.id = null;
   }
 
   push(chunk) {
@@ -31,6 +37,8 @@ export class SseParser {
     this.buffer = lines.pop();
     for (const line of lines) {
       if (line === '') {
+        // The id counts once its block is whole: a block cut short told nothing.
+        if (this.id !== null) this.lastEventId = this.id;
         if (this.data.length) {
           events.push({ type: this.type || 'message', data: this.data.join('\n'), id: this.lastEventId });
         }
@@ -44,7 +52,7 @@ export class SseParser {
       if (value.startsWith(' ')) value = value.slice(1);
       if (field === 'event') this.type = value;
       else if (field === 'data') this.data.push(value);
-      else if (field === 'id' && !value.includes('\0')) this.lastEventId = value;
+      else if (field === 'id' && !value.includes('\0')) this.id = value;
       else if (field === 'retry' && /^\d+$/.test(value)) this.retry = Number(value);
     }
     return events;
@@ -74,6 +82,7 @@ export function followGroup(groupId, { onChange, onState }) {
     let delay = 1000;
     while (!signal.aborted) {
       try {
+        parser.newConnection();
         const headers = { Authorization: `Bearer ${getToken()}`, Accept: 'text/event-stream' };
         if (parser.lastEventId) headers['Last-Event-ID'] = parser.lastEventId;
         const response = await fetch(`/stats/groups/${enc(groupId)}/events`, {
