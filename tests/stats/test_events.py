@@ -439,10 +439,12 @@ def test_a_reconnecting_stream_is_told_of_each_kind_of_change_it_missed_and_only
 
 
 def test_an_id_of_another_process_or_none_of_ours_is_told_once() -> None:
-    hub = StatsEventHub(enabled=True)  # a fresh process: it was told of nothing yet
+    hub = StatsEventHub(enabled=True)  # told only of another group's change
     other = StatsEventHub(enabled=True)
 
-    for foreign in (other.event_id, "12", "garbage", f"{hub.instance}-x"):
+    hub.publish(json.dumps({"tick_id": 1, "group_ids": ["g2"]}))
+    too_far, too_long = f"{hub.instance}-2", f"{hub.instance}-" + "9" * 5000
+    for foreign in (other.event_id, "12", "garbage", f"{hub.instance}-x", too_far, too_long):
         assert _reconnect(hub, "g1", foreign).pending, foreign
     assert not _reconnect(hub, "g1", hub.event_id).pending
     assert not hub.subscribe("g1").pending  # a first connection (no Last-Event-ID): nothing
@@ -524,7 +526,9 @@ def test_sigterm_ends_open_streams_and_the_server_stops_promptly(
     finally:
         api.kill()
 
-    assert rest[:3] == ["retry: 3000", rest[1], ""] and rest[1].startswith("id: ")
+    assert rest[0] == "retry: 3000"
+    assert rest[1].startswith("id: ")
+    assert rest[2] == ""
     assert ended < 2, f"the stream stayed open {ended:.1f} s after SIGTERM"
     assert code == 0, api.tail()
     assert stopped < 5, f"the server took {stopped:.1f} s to stop"

@@ -9,7 +9,7 @@ needs "changed"), so a slow or stalled client costs constant memory. At most `MA
 streams per process; beyond that 503.
 
 Every block that moves a stream on carries an event id (see StatsEventHub), the opening one
-included. A client that reconnects with its Last-Event-ID (EventSource does, after a dropped
+too unless a missed change follows it at once. A client that reconnects with its Last-Event-ID (EventSource does, after a dropped
 connection) is told at once if its group changed meanwhile: by a tick, a directory upsert or a
 gap of the listener.
 
@@ -205,8 +205,11 @@ class StatsEventHub:
 
     def _missed(self, group_id: str, last_event_id: str) -> bool:
         instance, _, seen = last_event_id.partition("-")
-        if instance != self.instance or not (seen.isascii() and seen.isdigit()):
-            return True  # not an id of this hub: it cannot say what the client saw
+        # Only an id this hub handed out says what the client saw (one past its count cannot
+        # be; a long digit string would not even convert).
+        ours = instance == self.instance and seen.isascii() and seen.isdigit() and len(seen) < 19
+        if not ours or int(seen) > self.published:
+            return True
         return max(self._changed.get(group_id, 0), self._changed_all) > int(seen)
 
     def unsubscribe(self, subscription: Subscription) -> None:

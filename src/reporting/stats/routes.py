@@ -114,7 +114,7 @@ async def read_group_stats(group_id: str, caller: CurrentCaller, request: Reques
     responses={
         200: {
             "description": "A stream that stays open: a comment, `retry: 3000` and `id: <event "
-            'id>` first; then `id: <event id>`, `event: stats_changed`, `data: {"group_id", '
+            'id>` first (no id when a missed change follows at once); then `id: <event id>`, `event: stats_changed`, `data: {"group_id", '
             '"tick_id"}` after each change of this group\'s numbers (`tick_id` null when no tick '
             "made it, e.g. a directory upsert), and `event: ping` every 15 s of quiet",
             "content": {"text/event-stream": {}},
@@ -131,8 +131,8 @@ async def read_group_stats(group_id: str, caller: CurrentCaller, request: Reques
     summary="Server-Sent Events: this group's statistics changed",
     description="The same access rules as GET /stats/groups/{id}. An event carries no numbers: "
     "read the group again. Event ids are opaque. A reconnecting client that sends its "
-    "`Last-Event-ID` is told at once if the group changed since (always, when the id is of "
-    "another server process).",
+    "`Last-Event-ID` is told at once if the group changed since; always when the id is not "
+    "one this server process handed out (another API worker, a restart, a malformed id).",
 )
 async def follow_group_stats(
     group_id: str,
