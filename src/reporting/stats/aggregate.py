@@ -224,34 +224,24 @@ FROM multi
 """
 
 # Partial KPI sums of every scope over this half's users; each input row is one user in the scope.
+# One hash aggregation per source, keyed by grain: with the coarser grains' ordinals NULL, the
+# key (grain, group, level, topic) makes group_topic, group_level and group rows of the grains
+# 0, 1 and 3 of user_group, and (grain, level, topic) the topic, level and school rows of the
+# rollup (six scans, one per scope, took 6.5 s per half instead of 5.5).
 _PARTIALS = """
 CREATE UNLOGGED TABLE partials AS
-SELECT 'group_topic' AS type, group_key AS key_1, topic_ord AS key_2,
+SELECT CASE grain WHEN 0 THEN 'group_topic' WHEN 1 THEN 'group_level' ELSE 'group' END AS type,
+       group_key AS key_1, CASE grain WHEN 0 THEN topic_ord WHEN 1 THEN level_ord END AS key_2,
        sum(attempts)::bigint AS attempts, count(*) AS users,
        sum(correct::float8 / attempts) AS sum_accuracy, sum(score) AS sum_score,
        sum(hinted)::bigint AS hinted, sum(hints)::bigint AS hints, sum(time_ms) AS time_ms
-FROM user_group WHERE grain = 0 GROUP BY group_key, topic_ord
+FROM user_group GROUP BY grain, group_key, level_ord, topic_ord
 UNION ALL
-SELECT 'topic', topic_ord, NULL, sum(attempts)::bigint, count(*), sum(correct::float8 / attempts),
-       sum(score), sum(hinted)::bigint, sum(hints)::bigint, sum(time_ms)
-FROM rollup WHERE grain = 0 GROUP BY topic_ord
-UNION ALL
-SELECT 'level', level_ord, NULL, sum(attempts)::bigint, count(*), sum(correct::float8 / attempts),
-       sum(score), sum(hinted)::bigint, sum(hints)::bigint, sum(time_ms)
-FROM rollup WHERE grain = 1 GROUP BY level_ord
-UNION ALL
-SELECT 'group_level', group_key, level_ord, sum(attempts)::bigint, count(*),
-       sum(correct::float8 / attempts), sum(score), sum(hinted)::bigint, sum(hints)::bigint,
-       sum(time_ms)
-FROM user_group WHERE grain = 1 GROUP BY group_key, level_ord
-UNION ALL
-SELECT 'group', group_key, NULL, sum(attempts)::bigint, count(*), sum(correct::float8 / attempts),
-       sum(score), sum(hinted)::bigint, sum(hints)::bigint, sum(time_ms)
-FROM user_group WHERE grain = 3 GROUP BY group_key
-UNION ALL
-SELECT 'school', 0, NULL, sum(attempts)::bigint, count(*), sum(correct::float8 / attempts),
-       sum(score), sum(hinted)::bigint, sum(hints)::bigint, sum(time_ms)
-FROM rollup WHERE grain = 3
+SELECT CASE grain WHEN 0 THEN 'topic' WHEN 1 THEN 'level' ELSE 'school' END,
+       CASE grain WHEN 0 THEN topic_ord WHEN 1 THEN level_ord ELSE 0 END, NULL,
+       sum(attempts)::bigint, count(*), sum(correct::float8 / attempts), sum(score),
+       sum(hinted)::bigint, sum(hints)::bigint, sum(time_ms)
+FROM rollup GROUP BY grain, level_ord, topic_ord
 """
 
 # Candidates for this half's boards (scope 0: global, 1: group, 2: level). rank() over (score,
