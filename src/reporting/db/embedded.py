@@ -7,9 +7,11 @@ before attaching, so the next process that exits normally stops it, and `reporti
 stops it on demand.
 """
 
+import atexit
 import json
 import logging
 import os
+import signal
 import subprocess
 import warnings
 from pathlib import Path
@@ -66,10 +68,21 @@ def server_uri(data_dir: Path) -> str:
             _prune_dead_handles(pgdata)
         server = get_server(pgdata)
         _servers[pgdata] = server
+        # Registered after the wheel's own hook, so it runs first (atexit is last in, first out).
+        atexit.register(_ignore_stop_signals)
     base_uri: str = server.get_uri()
     _ensure_database(base_uri)
     uri: str = server.get_uri(database=DATABASE_NAME)
     return uri
+
+
+def _ignore_stop_signals() -> None:
+    """At exit, before the wheel's hook detaches this process (and stops the server when it is
+    the last): a SIGTERM or SIGINT arriving now would abort that hook half-way, leaving the pid
+    behind or the server running with nobody attached. That happened on Ctrl-C of `reporting
+    demo`: the workers got the terminal's SIGINT, then the demo's SIGTERM while already exiting."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _ensure_database(base_uri: str) -> None:
