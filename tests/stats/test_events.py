@@ -396,7 +396,8 @@ def test_a_slow_reader_costs_one_pending_change() -> None:
     assert (
         subscription.take()
         == (
-            f'id: {hub.instance}-10000\nevent: stats_changed\ndata: {{"group_id": "g1", "tick_id": 10000}}\n\n'
+            f"id: {hub.instance}-10000\nevent: stats_changed\n"
+            'data: {"group_id": "g1", "tick_id": 10000}\n\n'
         ).encode()
     )
     assert not subscription.pending
@@ -463,7 +464,8 @@ def test_the_opening_block_has_the_id_unless_a_missed_change_is_pending() -> Non
     assert (
         behind.take()
         == (
-            f'id: {hub.instance}-1\nevent: stats_changed\ndata: {{"group_id": "g1", "tick_id": 3}}\n\n'
+            f"id: {hub.instance}-1\nevent: stats_changed\n"
+            'data: {"group_id": "g1", "tick_id": 3}\n\n'
         ).encode()
     )
 

@@ -9,9 +9,9 @@ needs "changed"), so a slow or stalled client costs constant memory. At most `MA
 streams per process; beyond that 503.
 
 Every block that moves a stream on carries an event id (see StatsEventHub), the opening one
-too unless a missed change follows it at once. A client that reconnects with its Last-Event-ID (EventSource does, after a dropped
-connection) is told at once if its group changed meanwhile: by a tick, a directory upsert or a
-gap of the listener.
+too unless a missed change follows it at once. A client that reconnects with its Last-Event-ID
+(EventSource does, after a dropped connection) is told at once if its group changed meanwhile:
+by a tick, a directory upsert or a gap of the listener.
 
 A stream ends when its client goes (Starlette cancels it on http.disconnect) or when the hub
 closes. uvicorn waits for open responses before it shuts the app down, and an event stream never
@@ -207,10 +207,11 @@ class StatsEventHub:
         instance, _, seen = last_event_id.partition("-")
         # Only an id this hub handed out says what the client saw (one past its count cannot
         # be; a long digit string would not even convert).
-        ours = instance == self.instance and seen.isascii() and seen.isdigit() and len(seen) < 19
-        if not ours or int(seen) > self.published:
+        if not (instance == self.instance and seen.isascii() and seen.isdigit() and len(seen) < 19):
             return True
-        return max(self._changed.get(group_id, 0), self._changed_all) > int(seen)
+        count = int(seen)
+        changed = max(self._changed.get(group_id, 0), self._changed_all)
+        return count > self.published or changed > count
 
     def unsubscribe(self, subscription: Subscription) -> None:
         subscriptions = self._by_group.get(subscription.group_id)

@@ -114,9 +114,10 @@ async def read_group_stats(group_id: str, caller: CurrentCaller, request: Reques
     responses={
         200: {
             "description": "A stream that stays open: a comment, `retry: 3000` and `id: <event "
-            'id>` first (no id when a missed change follows at once); then `id: <event id>`, `event: stats_changed`, `data: {"group_id", '
-            '"tick_id"}` after each change of this group\'s numbers (`tick_id` null when no tick '
-            "made it, e.g. a directory upsert), and `event: ping` every 15 s of quiet",
+            "id>` first (no id when a missed change follows at once); then `id: <event id>`, "
+            '`event: stats_changed`, `data: {"group_id", "tick_id"}` after each change of this '
+            "group's numbers (`tick_id` null when no tick made it, e.g. a directory upsert), and "
+            "`event: ping` every 15 s of quiet",
             "content": {"text/event-stream": {}},
         },
         401: _READ_ERRORS[401],
