@@ -134,6 +134,32 @@ async def test_refusals_carry_the_rate_limit_headers_too(
     assert (await deployment.request({}, VALID)).status_code == 401  # nobody to count for
 
 
+async def test_a_body_that_is_not_json_is_refused_after_the_token_is_checked(
+    deployment: Deployment, school: School
+) -> None:
+    """FastAPI decodes a JSON body before any dependency runs: without the export routes' own
+    authentication first, a malformed body was a 422 without the quota, and without a token a
+    422 instead of the 401 every protected route gives."""
+    path = f"/stats/groups/{GROUP}/export"
+    malformed = {"Content-Type": "application/json"}
+    teacher = deployment.teacher([GROUP])
+
+    refused = await deployment.api.post(path, content=b'{"format": ', headers=teacher | malformed)
+    anonymous = await deployment.api.post(path, content=b'{"format": ', headers=malformed)
+
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["errors"][0]["type"] == "json_invalid"
+    assert (refused.headers["ratelimit-limit"], refused.headers["ratelimit-remaining"]) == (
+        "5",
+        "5",
+    )
+    assert anonymous.status_code == 401, anonymous.text
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    assert "ratelimit-limit" not in anonymous.headers
+    assert _count(deployment) == 0
+
+
 async def test_an_export_is_visible_to_its_requester_and_admins_only(
     deployment: Deployment, school: School
 ) -> None:
