@@ -25,3 +25,13 @@ async def test_unknown_route_is_problem_json(api: httpx.AsyncClient) -> None:
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["status"] == 404
+
+
+async def test_fastapis_own_pages_are_counted_under_their_paths(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/openapi.json")).status_code == 200
+    assert (await api.get("/docs")).status_code == 200
+    assert (await api.get("/no-such-page")).status_code == 404
+    body = (await api.get("/metrics")).text
+    assert 'http_requests_total{method="GET",route="/openapi.json",status="200"}' in body
+    assert 'http_requests_total{method="GET",route="/docs",status="200"}' in body
+    assert 'http_requests_total{method="GET",route="unmatched",status="404"}' in body

@@ -22,7 +22,17 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 def _route_template(scope: Scope) -> str:
     """The matched route's path template (Starlette's router leaves the route in the scope)."""
     route = scope.get("route")
-    return str(getattr(route, "path", "unmatched")) if route is not None else "unmatched"
+    if route is not None:
+        return str(route.path)
+    # FastAPI's own pages (/docs, /openapi.json) are plain Starlette routes, which leave only
+    # their endpoint; found by it, they are not lumped in with unknown paths.
+    endpoint = scope.get("endpoint")
+    app = scope.get("app")
+    if endpoint is not None and app is not None:
+        for candidate in getattr(app, "routes", ()):
+            if getattr(candidate, "endpoint", None) is endpoint:
+                return str(candidate.path)
+    return "unmatched"
 
 
 class ObservabilityMiddleware:
