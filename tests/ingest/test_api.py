@@ -105,7 +105,7 @@ async def test_one_bad_record_rejects_the_batch_and_names_its_index(
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     problem = response.json()
-    assert problem["detail"].startswith("1 attempts are not valid (index 2)")
+    assert problem["detail"].startswith("1 attempt is not valid (index 2)")
     assert [e["loc"] for e in problem["errors"]] == [["attempts", 2, field]]
     assert count(fresh_db_url) == 0
 
@@ -147,6 +147,40 @@ async def test_unknown_ids_reject_the_batch_and_name_each(
         (["attempts", 3, "topic_id"], "unknown topic id 't-none'"),
     ]
     assert count(fresh_db_url) == 0
+
+
+async def test_malformed_attempts_and_unknown_ids_are_named_in_one_answer(
+    ingest_api: httpx.AsyncClient, service_headers: dict[str, str], fresh_db_url: str
+) -> None:
+    """A platform fixes a rejected batch in one go: the well-formed attempts of a batch with
+    malformed ones have their ids checked too."""
+    batch = [
+        attempt("ev-1", user_id="u-nobody"),
+        {**attempt("ev-2"), "score": "x"},
+        attempt("ev-3"),
+        attempt("ev-4", topic_id="t-none"),
+    ]
+
+    response = await ingest_api.post(
+        "/ingest/attempts", json={"attempts": batch}, headers=service_headers
+    )
+
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["detail"] == (
+        "3 attempts are not valid or reference unknown ids (indexes 0, 1, 3); nothing was written."
+    )
+    assert [(e["loc"], e["type"]) for e in problem["errors"]] == [
+        (["attempts", 0, "user_id"], "unknown_reference"),
+        (["attempts", 1, "score"], "float_type"),
+        (["attempts", 3, "topic_id"], "unknown_reference"),
+    ]
+    assert count(fresh_db_url) == 0
+    # Malformed attempts alone: named as before, without a word about ids.
+    alone = await ingest_api.post(
+        "/ingest/attempts", json={"attempts": batch[1:3]}, headers=service_headers
+    )
+    assert alone.json()["detail"].startswith("1 attempt is not valid (index 0)")
 
 
 async def test_an_oversized_batch_is_refused_with_a_clear_detail(

@@ -41,7 +41,10 @@ async def put_directory(
 async def post_attempts(request: Request, _: IngestScope, context: Context) -> AttemptsIngestedRead:
     # Parsed here rather than by FastAPI: pydantic's JSON parser is faster, and an oversized
     # batch is refused by its length before its items are validated.
-    batch = schemas.parse_attempt_batch(await _body(request))
+    try:
+        batch = schemas.parse_attempt_batch(await _body(request))
+    except schemas.EntriesRejected as rejected:
+        raise await service.name_unknown_references(context.db, rejected) from None
     result = await service.ingest_attempts(context.db, batch.attempts)
     return AttemptsIngestedRead(inserted=result.inserted, duplicates=result.duplicates)
 

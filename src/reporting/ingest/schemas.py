@@ -5,6 +5,8 @@ and we would rather name the field than fail in the database). A timestamp witho
 taken as UTC. Unknown fields are ignored, so the platform may send more than we store.
 """
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -171,9 +173,18 @@ class EntriesRejected(ValidationFailed):
     """The 422 for bad entries: its body lists the first MAX_LISTED_ERRORS of them, in order;
     all of them stay typed for the file commands' messages."""
 
-    def __init__(self, detail: str, errors: list[FieldError]) -> None:
+    def __init__(
+        self,
+        detail: str,
+        errors: list[FieldError],
+        *,
+        well_formed: Sequence[tuple[int, "AttemptCreate"]] = (),
+    ) -> None:
         super().__init__(detail, [e.as_problem() for e in errors[:MAX_LISTED_ERRORS]])
         self.field_errors = errors
+        # A batch rejected for malformed attempts: its other attempts, by position, so their ids
+        # can be checked too and one answer name every bad index (ingest.service).
+        self.well_formed = well_formed
 
 
 def field_errors(error: ValidationError) -> list[FieldError]:
@@ -183,11 +194,12 @@ def field_errors(error: ValidationError) -> list[FieldError]:
     ]
 
 
-def bad_entries_detail(kind: str, count: int, indexes: list[int], *, what: str) -> str:
-    """E.g. '2 attempts are not valid (indexes 3, 17); nothing was written.'"""
+def bad_entries_detail(count: int, indexes: list[int], *, one: str, many: str) -> str:
+    """E.g. '2 attempts are not valid (indexes 3, 17); nothing was written.' (`many`; `one` is
+    the singular: 'attempt is not valid')."""
     shown = ", ".join(str(i) for i in indexes[:20]) + (", …" if count > 20 else "")
     label = "index" if count == 1 else "indexes"
-    return f"{count} {kind} {what} ({label} {shown}); nothing was written."
+    return f"{count} {one if count == 1 else many} ({label} {shown}); nothing was written."
 
 
 def parse_attempt_batch(raw: bytes) -> AttemptBatch:
@@ -208,9 +220,29 @@ def parse_attempt_batch(raw: bytes) -> AttemptBatch:
     for e in errors:
         if e.type == "json_invalid":
             raise EntriesRejected(f"The body is not valid JSON: {e.msg}.", [e])
-    # ("attempts", 3, "hints_used") -> 3
-    indexes = sorted({i for e in errors for i in e.loc[1:2] if isinstance(i, int)})
+    indexes = bad_indexes(errors)
     if not indexes:
         raise EntriesRejected('The body must be an object {"attempts": [...]}.', errors)
-    detail = bad_entries_detail("attempts", len(indexes), indexes, what="are not valid")
-    raise EntriesRejected(detail, errors)
+    detail = bad_entries_detail(
+        len(indexes), indexes, one="attempt is not valid", many="attempts are not valid"
+    )
+    raise EntriesRejected(detail, errors, well_formed=_well_formed(raw, set(indexes)))
+
+
+def bad_indexes(errors: list[FieldError]) -> list[int]:
+    """The positions of the bad entries: ("attempts", 3, "hints_used") -> 3."""
+    return sorted({i for e in errors for i in e.loc[1:2] if isinstance(i, int)})
+
+
+def _well_formed(raw: bytes, bad: set[int]) -> list[tuple[int, AttemptCreate]]:
+    """The attempts of a rejected batch that are valid on their own (only a rejected batch is
+    parsed twice), each validated as the batch validates it."""
+    try:
+        entries = json.loads(raw)["attempts"]
+        return [
+            (i, AttemptCreate.model_validate_json(json.dumps(entry), strict=True))
+            for i, entry in enumerate(entries)
+            if i not in bad
+        ]
+    except (ValueError, TypeError, KeyError):  # ValidationError is a ValueError
+        return []  # the 422 then names the malformed ones only, as it would have

@@ -24,6 +24,7 @@ from reporting.ingest.schemas import (
     EntriesRejected,
     FieldError,
     bad_entries_detail,
+    bad_indexes,
 )
 from reporting.stats.cache import CHANNEL as STATS_CHANNEL
 from reporting.stats.cache import change_payload
@@ -279,6 +280,37 @@ async def ingest_attempts(db: Database, attempts: Sequence[AttemptCreate]) -> At
     return result
 
 
+def _reference_errors(unknown: list[copy.UnknownReference]) -> list[FieldError]:
+    return [
+        FieldError(("attempts", u.position, field), msg, "unknown_reference")
+        for u in unknown
+        for field, msg in u.problems()
+    ]
+
+
+async def name_unknown_references(db: Database, rejected: EntriesRejected) -> EntriesRejected:
+    """A batch rejected for malformed attempts, with the ids of its well-formed ones checked too:
+    one 422 then names every bad index, rather than one kind of fault per attempt to send."""
+    if not rejected.well_formed:
+        return rejected
+    async with db.scoped(SYSTEM) as conn:
+        await copy.stage(conn, rejected.well_formed)
+        total, unknown = await copy.unknown_references(conn, limit=MAX_LISTED_ERRORS)
+    if not total:
+        return rejected
+    errors = rejected.field_errors + _reference_errors(unknown)
+    errors.sort(key=lambda e: bad_indexes([e]) or [-1])  # by position; stable within one
+    malformed = bad_indexes(rejected.field_errors)
+    indexes = sorted({*malformed, *(u.position for u in unknown)})
+    detail = bad_entries_detail(
+        len(malformed) + total,
+        indexes,
+        one="attempt is not valid or references unknown ids",
+        many="attempts are not valid or reference unknown ids",
+    )
+    return EntriesRejected(detail, errors)
+
+
 async def write_attempts(
     conn: psycopg.AsyncConnection, attempts: Sequence[AttemptCreate]
 ) -> AttemptsIngested:
@@ -286,14 +318,16 @@ async def write_attempts(
     await copy.stage(conn, enumerate(attempts))
     total, unknown = await copy.unknown_references(conn, limit=MAX_LISTED_ERRORS)
     if total:
-        errors = [
-            FieldError(("attempts", u.position, field), msg, "unknown_reference")
-            for u in unknown
-            for field, msg in u.problems()
-        ]
+        errors = _reference_errors(unknown)
         positions = [u.position for u in unknown]
         raise EntriesRejected(
-            bad_entries_detail("attempts", total, positions, what="reference unknown ids"), errors
+            bad_entries_detail(
+                total,
+                positions,
+                one="attempt references unknown ids",
+                many="attempts reference unknown ids",
+            ),
+            errors,
         )
     inserted = await copy.insert_staged(conn)
     await copy.notify_ingested(conn, inserted.group_ids)
