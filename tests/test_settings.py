@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from reporting.auth.tokens import TokenVerifier
 from reporting.settings import SettingsError, load_settings
-from tests.conftest import JWT_SECRET
+from tests.conftest import JWT_SECRET, _with_database
 
 REPORTING = str(Path(sys.executable).parent / "reporting")
 
@@ -96,6 +96,33 @@ def test_serve_stops_at_start_with_one_line_naming_the_variable(
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "data").exists(), "nothing was started"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["migrate"]])
+def test_a_database_that_refuses_stops_the_process_with_one_line(
+    tmp_path: Path, server_url: str, command: list[str]
+) -> None:
+    """A well-formed DATABASE_URL is still a bad setting when its server refuses it."""
+    closed = f"postgresql://reporting:s3cret@127.0.0.1:{_free_port()}/reporting"
+    unknown = _with_database(server_url, "no_such_database_here")
+    for url, reason in ((closed, "Connection refused"), (unknown, "does not exist")):
+        result = subprocess.run(
+            [REPORTING, *command],
+            env=_env(tmp_path, DATABASE_URL=url),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("error: cannot connect to DATABASE_URL (")
+        assert reason in lines[0]
+        assert "s3cret" not in result.stderr  # the password is not printed
+    assert not (tmp_path / "data").exists(), "no embedded server was started instead"
 
 
 def _free_port() -> int:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit, urlunsplit
 
 from reporting.settings import Settings, SettingsError, load_settings
 
@@ -47,8 +48,33 @@ def _migrated_url(settings: Settings) -> str:
     from reporting.db import schema
 
     url = _url(settings)
+    if settings.database.url:
+        _require_reachable(url)
     schema.upgrade(url)
     return url
+
+
+def _require_reachable(url: str) -> None:
+    """CONTRACT §4: a DATABASE_URL whose server refuses it (down, unknown database, wrong
+    password) stops the process with one line naming the variable, not a migration's traceback."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=10, application_name="reporting").close()
+    except psycopg.OperationalError as error:
+        reason = " ".join(str(error).split())
+        print(
+            f"error: cannot connect to DATABASE_URL ({_redacted(url)}): {reason}", file=sys.stderr
+        )
+        raise SystemExit(2) from None
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 # --- reporting ---------------------------------------------------------------------------------
