@@ -1,6 +1,8 @@
 """Every Prometheus metric of the service, defined once (names fixed by CONTRACT §7)."""
 
-from prometheus_client import Counter, Gauge, Histogram
+from functools import cache
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 # Analytics worker
 reporting_worker_ticks_total = Counter(
@@ -17,14 +19,22 @@ reporting_worker_tick_duration_seconds = Histogram(
 analytics_worker_ticks_total = Counter(
     "analytics_worker_ticks_total", "Analytics worker iterations by outcome.", ["status"]
 )
+# The worker's own state, exported by the analytics worker only (see expose_worker_gauges).
 reporting_worker_last_success_timestamp_seconds = Gauge(
-    "reporting_worker_last_success_timestamp_seconds", "When the last successful tick finished."
+    "reporting_worker_last_success_timestamp_seconds",
+    "When the last successful tick finished.",
+    registry=None,
 )
 # The duration histogram only sees ticks that ended: this shows one that is still running (a
 # tick stuck on a lock raises ReportingWorkerTickRunningLong, deploy/prometheus/alerts.yml).
 reporting_worker_tick_started_timestamp_seconds = Gauge(
     "reporting_worker_tick_started_timestamp_seconds",
     "When the running tick started; 0 while no tick runs.",
+    registry=None,
+)
+_WORKER_GAUGES = (
+    reporting_worker_last_success_timestamp_seconds,
+    reporting_worker_tick_started_timestamp_seconds,
 )
 reporting_worker_skipped_ticks_total = Counter(
     "reporting_worker_skipped_ticks_total",
@@ -90,3 +100,14 @@ for _format in ("csv", "pdf", "xlsx"):
 for _channel in ("email", "telegram", "webhook"):
     notifications_sent_total.labels(_channel)
     notifications_failed_total.labels(_channel)
+
+
+@cache  # registering twice would raise
+def expose_worker_gauges() -> None:
+    """Export the analytics worker's gauges from this process.
+
+    Only the worker does: in the API or the export worker, the last success would read 0, and
+    ReportingWorkerNoRecentSuccess (the newest success per job) would fire for those jobs for ever.
+    """
+    for gauge in _WORKER_GAUGES:
+        REGISTRY.register(gauge)

@@ -57,6 +57,18 @@ def test_every_process_serves_its_own_metrics(scrapes: dict[str, Scrape]) -> Non
     assert "exports_generated_total" in scrapes["export-worker"].names
 
 
+def test_only_the_analytics_worker_exports_its_gauges(scrapes: dict[str, Scrape]) -> None:
+    """Elsewhere the last success would read 0 and ReportingWorkerNoRecentSuccess, the newest
+    success per job, would fire for the API's and the export worker's jobs for ever."""
+    gauges = {
+        "reporting_worker_last_success_timestamp_seconds",
+        "reporting_worker_tick_started_timestamp_seconds",
+    }
+    assert gauges <= scrapes["reporting-worker"].names
+    assert not gauges & scrapes["api"].names
+    assert not gauges & scrapes["export-worker"].names
+
+
 def test_every_metric_in_our_promql_is_exported(scrapes: dict[str, Scrape]) -> None:
     exported = set().union(*(scrape.names for scrape in scrapes.values())) | SYNTHETIC
     unknown = {

@@ -70,6 +70,7 @@ def run(
     full: bool = False,
 ) -> int:
     """The worker's main loop; returns the process exit code."""
+    metrics.expose_worker_gauges()
     for status in ("success", "error"):
         metrics.analytics_worker_ticks_total.labels(status)  # exported as 0 from the start
     server = None
