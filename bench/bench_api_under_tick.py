@@ -71,7 +71,7 @@ from bench_incremental import clean_up, insert_new
 from bench_tick import machine
 
 from reporting.auth.tokens import issue_token
-from reporting.settings import AuthSettings
+from reporting.settings import AuthSettings, WorkerSettings
 from reporting.stats import state
 
 P99_TARGET_MS = 50.0
@@ -262,7 +262,8 @@ def under_incremental_tick(
     the notification has invalidated the touched groups' pages."""
     env = {**os.environ, "DATABASE_URL": url, "REPORTING_LOG_LEVEL": "WARNING"}
     with psycopg.connect(url, autocommit=True) as conn:
-        if not state.is_valid(conn):
+        # The worker below reads its settings from this environment, as WorkerSettings does.
+        if not state.is_valid(conn, WorkerSettings().leaderboard_size):
             print("  running sums not valid: a full tick first (not measured)")
             subprocess.run([str(WORKER), "--once", "--full"], env=env, check=True)
         previous_id = last_tick(url)[0]

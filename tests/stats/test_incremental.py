@@ -125,7 +125,7 @@ def test_interleaved_batches_and_ticks_equal_a_full_recompute(
     first = extra.draw(st.integers(0, len(attempts)), label="attempts before the full tick")
     fresh_load(db, dataclasses.replace(school, attempts=tuple(attempts[:first])))
     aggregate.tick(db, settings)
-    assert state.is_valid(db) and queued(db) == 0
+    assert state.is_valid(db, settings.worker.leaderboard_size) and queued(db) == 0
 
     rest = attempts[first:]
     while rest:
@@ -252,13 +252,13 @@ def test_a_directory_change_makes_the_next_tick_full(
 ) -> None:
     settings = worker_settings(fresh_db_url)
     fresh_load(db, tie_school())
-    assert not state.is_valid(db)  # never built
+    assert not state.is_valid(db, settings.worker.leaderboard_size)  # never built
     assert worker.run_once(settings, fresh_db_url) is worker.Outcome.SUCCESS
-    assert state.is_valid(db)
+    assert state.is_valid(db, settings.worker.leaderboard_size)
     make_attempts(db, [Attempt("u1", "g1", "t1")])
     assert worker.run_once(settings, fresh_db_url) is worker.Outcome.SUCCESS
     make_user(db, "u-new", ["g1"], display_name="Новенький")
-    assert not state.is_valid(db)
+    assert not state.is_valid(db, settings.worker.leaderboard_size)
     assert incremental.tick(db, settings) is None
     assert worker.run_once(settings, fresh_db_url) is worker.Outcome.SUCCESS
     modes = [
@@ -272,13 +272,42 @@ def test_a_directory_change_makes_the_next_tick_full(
     assert row is not None and row[0]["attempts"] == 0
 
 
+def test_a_new_leaderboard_size_makes_the_next_tick_full(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    """Incremental ticks recompute only the boards their attempts touch: after a change of
+    REPORTING_LEADERBOARD_SIZE, every board is cut anew by a full tick."""
+    fresh_load(db, tie_school())
+    assert worker.run_once(worker_settings(fresh_db_url), fresh_db_url) is worker.Outcome.SUCCESS
+    smaller = worker_settings(fresh_db_url, REPORTING_LEADERBOARD_SIZE=2)
+    assert not state.is_valid(db, 2)
+
+    assert worker.run_once(smaller, fresh_db_url) is worker.Outcome.SUCCESS  # no new attempts
+
+    modes = [r[0] for r in db.execute("SELECT details->>'mode' FROM worker_ticks ORDER BY id")]
+    assert modes == ["full", "full"]
+    assert db.execute("SELECT count(*) FROM leaderboards").fetchone() == (3,)  # global, g1, l1
+    sizes = {len(r[0]) for r in db.execute("SELECT rankings FROM leaderboards")}
+    assert sizes == {2}  # the global board and g1's held all 5 students before
+    assert state.is_valid(db, 2)
+    # The sentinel of a worker from before the size was recorded: not trusted either.
+    db.execute(f"ALTER TABLE {state.SCHEMA}.{state.SENTINEL} DROP COLUMN leaderboard_size")
+    assert not state.is_valid(db, 2)
+    assert worker.run_once(smaller, fresh_db_url) is worker.Outcome.SUCCESS
+    make_attempts(db, [Attempt("u5", "g1", "t1", score=100)])
+    assert worker.run_once(smaller, fresh_db_url) is worker.Outcome.SUCCESS
+    modes = [r[0] for r in db.execute("SELECT details->>'mode' FROM worker_ticks ORDER BY id")]
+    assert modes == ["full", "full", "full", "incremental"]
+
+
 def test_an_upsert_that_changes_nothing_keeps_the_sums_valid(
     db: psycopg.Connection, fresh_db_url: str
 ) -> None:
+    settings = worker_settings(fresh_db_url)
     fresh_load(db, tie_school())
-    aggregate.tick(db, worker_settings(fresh_db_url))
+    aggregate.tick(db, settings)
     db.execute("UPDATE users SET display_name = display_name WHERE false")
-    assert state.is_valid(db)
+    assert state.is_valid(db, settings.worker.leaderboard_size)
 
 
 def test_sums_of_the_previous_layout_are_not_trusted_after_the_upgrade(
@@ -291,23 +320,29 @@ def test_sums_of_the_previous_layout_are_not_trusted_after_the_upgrade(
     aggregate.tick(db, settings)
     config = alembic_config(fresh_db_url)
     command.downgrade(config, "0002")
-    # As an older worker would have left them: sums marked valid.
-    db.execute(f"CREATE TABLE {state.SCHEMA}.{state.SENTINEL} AS SELECT 1::bigint AS tick_id")
-    assert state.is_valid(db)
+    # As an older worker would have left them: sums marked valid (with today's sentinel, so that
+    # only the migration makes them invalid).
+    size = settings.worker.leaderboard_size
+    db.execute(
+        f"CREATE TABLE {state.SCHEMA}.{state.SENTINEL}"
+        f" AS SELECT 1::bigint AS tick_id, {size}::int AS leaderboard_size"
+    )
+    assert state.is_valid(db, size)
     command.upgrade(config, "head")
-    assert not state.is_valid(db)
+    assert not state.is_valid(db, settings.worker.leaderboard_size)
     assert incremental.tick(db, settings) is None
     assert worker.run_once(settings, fresh_db_url) is worker.Outcome.SUCCESS
-    assert state.is_valid(db)
+    assert state.is_valid(db, settings.worker.leaderboard_size)
 
 
 def test_sums_emptied_by_a_crash_are_not_trusted(db: psycopg.Connection, fresh_db_url: str) -> None:
     """Crash recovery empties UNLOGGED tables; the sentinel row goes with them."""
+    settings = worker_settings(fresh_db_url)
     fresh_load(db, tie_school())
-    aggregate.tick(db, worker_settings(fresh_db_url))
+    aggregate.tick(db, settings)
     db.execute(f"TRUNCATE {state.SCHEMA}.{state.SENTINEL}")
-    assert not state.is_valid(db)
-    assert incremental.tick(db, worker_settings(fresh_db_url)) is None
+    assert not state.is_valid(db, settings.worker.leaderboard_size)
+    assert incremental.tick(db, settings) is None
 
 
 @pytest.mark.parametrize(
@@ -328,16 +363,16 @@ def test_removing_or_changing_attempts_makes_the_next_tick_a_full_one(
     fresh_load(db, tie_school())
     aggregate.tick(db, settings)
     db.execute("DELETE FROM attempts WHERE false")  # a statement that removes nothing
-    assert state.is_valid(db)
+    assert state.is_valid(db, settings.worker.leaderboard_size)
     db.execute(statement)
-    assert not state.is_valid(db)
+    assert not state.is_valid(db, settings.worker.leaderboard_size)
     assert incremental.tick(db, settings) is None
     assert worker.run_once(settings, fresh_db_url) is worker.Outcome.SUCCESS
     row = db.execute(
         "SELECT details->>'mode' FROM worker_ticks ORDER BY id DESC LIMIT 1"
     ).fetchone()
     assert row == ("full",)
-    assert state.is_valid(db)
+    assert state.is_valid(db, settings.worker.leaderboard_size)
     assert_a_full_recompute_agrees(db, settings)
 
 

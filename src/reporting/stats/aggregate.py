@@ -824,7 +824,7 @@ def _swap(conn: psycopg.Connection, stage: _Stage, settings: Settings, result: T
             conn.execute(statement, params)
             _log_step(" ".join(statement.split()[:3]), started)
         started = time.perf_counter()
-        _install_state(conn, stage)
+        _install_state(conn, stage, settings.worker.leaderboard_size)
         _log_step("install state", started)
         details = _details(result)
         conn.execute(
@@ -841,9 +841,10 @@ def _swap(conn: psycopg.Connection, stage: _Stage, settings: Settings, result: T
         )
 
 
-def _install_state(conn: psycopg.Connection, stage: _Stage) -> None:
+def _install_state(conn: psycopg.Connection, stage: _Stage, leaderboard_size: int) -> None:
     """Inside the swap: the staged running sums replace the previous ones, and the queued
-    attempts this tick counted leave the queue (see _CONSUMED)."""
+    attempts this tick counted leave the queue (see _CONSUMED). The sentinel also records the
+    size the boards were cut at (see state.is_valid)."""
     conn.execute("DELETE FROM attempt_queue WHERE seq IN (SELECT seq FROM consumed)")
     schema = sql.Identifier(state.SCHEMA)
     conn.execute(
@@ -862,10 +863,10 @@ def _install_state(conn: psycopg.Connection, stage: _Stage) -> None:
             )
         )
     conn.execute(
-        sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT %s::bigint AS tick_id").format(
-            sql.Identifier(state.SCHEMA, state.SENTINEL)
-        ),
-        (stage.tick_id,),
+        sql.SQL(
+            "CREATE UNLOGGED TABLE {} AS SELECT %s::bigint AS tick_id, %s::int AS leaderboard_size"
+        ).format(sql.Identifier(state.SCHEMA, state.SENTINEL)),
+        (stage.tick_id, leaderboard_size),
     )
     conn.execute(
         "UPDATE aggregate_state SET state_tick_id = %s,"

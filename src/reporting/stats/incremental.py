@@ -457,7 +457,7 @@ def tick(conn: psycopg.Connection, settings: Settings) -> TickResult | None:
     durations: dict[str, float] = {}
     try:
         with conn.transaction():
-            if not state.is_valid(conn):
+            if not state.is_valid(conn, settings.worker.leaderboard_size):
                 return None
             return _fold(conn, settings, durations)
     except BaseException as error:

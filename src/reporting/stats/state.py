@@ -7,7 +7,9 @@ tables come in halves (users split by `user_key mod HALVES`, as the full tick co
 They are UNLOGGED, written once per full tick without WAL: a crash of PostgreSQL empties them,
 which `is_valid` notices (the sentinel row is gone), and the next tick is a full one. They are
 also invalid when the directory changed since the full tick that built them (directory_version,
-bumped by triggers, see migration 0002) or when no full tick built them yet.
+bumped by triggers, see migration 0002), when no full tick built them yet, or when
+REPORTING_LEADERBOARD_SIZE changed since: incremental ticks recompute only the boards their
+attempts touch, so the others would keep the old size (a full tick cuts every board anew).
 """
 
 from dataclasses import dataclass
@@ -40,8 +42,9 @@ def all_tables() -> list[str]:
     return names
 
 
-def is_valid(conn: psycopg.Connection) -> bool:
-    """Whether the sums match every attempt minus the queue (inside the caller's transaction)."""
+def is_valid(conn: psycopg.Connection, leaderboard_size: int) -> bool:
+    """Whether the sums match every attempt minus the queue, and the boards were cut at
+    `leaderboard_size` (inside the caller's transaction)."""
     row = conn.execute(
         "SELECT state_version = directory_version, to_regclass(%s) IS NOT NULL"
         " FROM aggregate_state",
@@ -49,5 +52,10 @@ def is_valid(conn: psycopg.Connection) -> bool:
     ).fetchone()
     if row is None or not row[0] or not row[1]:
         return False
-    present = conn.execute(f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.{SENTINEL})").fetchone()
+    # to_jsonb: a sentinel of an older worker has no leaderboard_size column (then: not valid).
+    present = conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.{SENTINEL} s"
+        "               WHERE (to_jsonb(s) ->> 'leaderboard_size')::int = %s)",
+        (leaderboard_size,),
+    ).fetchone()
     return bool(present and present[0])
