@@ -232,6 +232,17 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a token that has already expired is of no use to anybody."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reporting", description="Reporting & Analytics service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,7 +272,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", required=True, choices=["admin", "teacher", "service"])
     token.add_argument("--groups", default="", help="comma-separated group ids")
     token.add_argument("--sub", required=True)
-    token.add_argument("--ttl", type=int, default=3600, help="seconds")
+    token.add_argument("--ttl", type=_positive_int, default=3600, help="seconds (> 0)")
     token.add_argument("--email")
     token.add_argument("--locale", choices=["ru", "en"])
     token.set_defaults(func=cmd_token)

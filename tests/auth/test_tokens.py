@@ -293,11 +293,13 @@ def test_verified_scope_carries_the_claims() -> None:
 # --- reporting token ------------------------------------------------------------------------------
 
 
-def _reporting_token(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+def _reporting_token(
+    tmp_path: Path, *options: str, **variables: str
+) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **variables}
     command = [str(Path(sys.executable).parent / "reporting"), "token"]
     return subprocess.run(
-        [*command, "--role", "teacher", "--groups", "g1,g2", "--sub", "t-1"],
+        [*command, "--role", "teacher", "--groups", "g1,g2", "--sub", "t-1", *options],
         env=env,
         cwd=tmp_path,  # no .env of the checkout
         capture_output=True,
@@ -312,6 +314,24 @@ def test_reporting_token_prints_a_token_the_api_accepts(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     scope = TokenVerifier(AuthSettings(REPORTING_JWT_SECRET=JWT_SECRET)).verify(done.stdout.strip())
     assert (scope.role, scope.sub, scope.group_ids) == ("teacher", "t-1", frozenset({"g1", "g2"}))
+
+
+@pytest.mark.parametrize(
+    ("ttl", "reason"),
+    [
+        ("-5", "must be greater than 0"),
+        ("0", "must be greater than 0"),
+        ("1h", "not a whole number"),
+    ],
+)
+def test_reporting_token_refuses_a_lifetime_that_is_not_positive(
+    tmp_path: Path, ttl: str, reason: str
+) -> None:
+    done = _reporting_token(tmp_path, "--ttl", ttl, REPORTING_JWT_SECRET=JWT_SECRET)
+
+    assert done.returncode == 2
+    assert done.stdout == ""  # no token that is expired on arrival
+    assert f"argument --ttl: {reason}" in done.stderr
 
 
 def test_reporting_token_refuses_to_sign_what_the_api_would_refuse(
