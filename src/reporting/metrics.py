@@ -5,8 +5,10 @@ from functools import cache
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 # Analytics worker
+# A total and its failures, as Prometheus' instrumentation practices have it: the failed share is
+# errors / ticks. A turn skipped because another worker ticks is neither.
 reporting_worker_ticks_total = Counter(
-    "reporting_worker_ticks_total", "Ticks of the analytics worker that computed results."
+    "reporting_worker_ticks_total", "Ticks of the analytics worker, failed ones included."
 )
 reporting_worker_errors_total = Counter(
     "reporting_worker_errors_total", "Ticks of the analytics worker that failed."

@@ -13,10 +13,19 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
+from reporting.stats import worker as analytics_worker
 from tests.builders import Attempt, make_attempts
 from tests.db.test_priority import may_renice
-from tests.stats.test_aggregate import load, snapshot, stage_schemas, tie_school, wait_for_blocked
+from tests.stats.test_aggregate import (
+    load,
+    snapshot,
+    stage_schemas,
+    tie_school,
+    wait_for_blocked,
+    worker_settings,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -131,6 +140,29 @@ def test_a_failed_once_exits_nonzero_and_keeps_the_previous_results(
     assert "LockNotAvailable" in str(failure["exc"])
     assert statuses(db) == ["success", "error"]
     assert stage_schemas(db) == []
+
+
+def test_a_failed_tick_counts_among_the_ticks_and_the_errors(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    """reporting_worker_ticks_total is every tick, errors_total the failed ones (their ratio is
+    the failed share); a skipped turn is neither."""
+    names = ("reporting_worker_ticks_total", "reporting_worker_errors_total")
+
+    def counts() -> tuple[float, ...]:
+        return tuple(REGISTRY.get_sample_value(name) or 0.0 for name in names)
+
+    settings = worker_settings(fresh_db_url, REPORTING_WORKER_LOCK_TIMEOUT_SECS=0.3)
+    before = counts()
+    with psycopg.connect(fresh_db_url) as blocker:
+        blocker.execute("LOCK TABLE progress_summary IN SHARE MODE")  # the swap cannot lock it
+        assert analytics_worker.run_once(settings, fresh_db_url) is analytics_worker.Outcome.ERROR
+    assert analytics_worker.run_once(settings, fresh_db_url) is analytics_worker.Outcome.SUCCESS
+    with psycopg.connect(fresh_db_url) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (analytics_worker.WORKER_LOCK,))
+        assert analytics_worker.run_once(settings, fresh_db_url) is analytics_worker.Outcome.SKIPPED
+
+    assert tuple(a - b for a, b in zip(counts(), before, strict=True)) == (2, 1)
 
 
 def test_two_workers_started_together_one_computes_the_other_skips(

@@ -150,6 +150,7 @@ def run_once(
                 metrics.reporting_worker_tick_started_timestamp_seconds.set(0)
     except Exception:
         seconds = time.perf_counter() - started
+        metrics.reporting_worker_ticks_total.inc()
         metrics.reporting_worker_errors_total.inc()
         metrics.analytics_worker_ticks_total.labels("error").inc()
         metrics.reporting_worker_tick_duration_seconds.observe(seconds)
