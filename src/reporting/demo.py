@@ -41,6 +41,7 @@ def _demo_tokens(auth: AuthSettings, teacher_groups: list[tuple[str, str]]) -> l
         {
             "label": "Администратор / Admin",
             "role": "admin",
+            "groups": "",
             "token": issue_token(
                 auth, role="admin", sub="demo-admin", group_ids=[], ttl_seconds=DEMO_TTL_SECONDS
             ),
@@ -53,6 +54,7 @@ def _demo_tokens(auth: AuthSettings, teacher_groups: list[tuple[str, str]]) -> l
             {
                 "label": f"Учитель / Teacher: {names}",
                 "role": "teacher",
+                "groups": names,
                 "token": issue_token(
                     auth,
                     role="teacher",

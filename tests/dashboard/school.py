@@ -14,7 +14,8 @@ import psycopg
 from tests import builders
 from tests.builders import Attempt, Ranking
 
-LEVELS = {"L1": ("Начальный уровень", 1), "L2": ("Средний уровень", 2)}
+# Named so that alphabetical order is not course order (the levels table keeps course order).
+LEVELS = {"L1": ("Первый уровень", 1), "L2": ("Второй уровень", 2)}
 TOPICS = {
     "T1": ("Дроби", "L1"),
     "T2": ("Уравнения", "L1"),

@@ -141,7 +141,10 @@ def test_any_401_returns_to_sign_in(teacher_page: Page) -> None:
     # already have been refused and hidden the button, which is the same outcome.
     page.locator("#refresh").dispatch_event("click")
     expect(page.locator("#signin-view")).to_be_visible()
-    expect(page.locator("#signin-message")).to_contain_text("Сервер не принял токен")
+    # In Russian only: the server's English detail is not pasted into the sentence.
+    expect(page.locator("#signin-message")).to_have_text(
+        "Сервер не принял токен: он неверен, истёк или подписан другим ключом."
+    )
     assert stored_token(page) is None
 
 
@@ -169,7 +172,9 @@ def test_admin_opens_any_group_from_the_address(
     wait_for_group(page, "9В класс")
     expect(page.locator("#leaderboard")).to_contain_text(FOREIGN_NAMES[1])
     page.evaluate("location.hash = 'group=no-such-group'")
-    expect(page.locator("#error-banner")).to_contain_text("Не найдено")
+    expect(page.locator("#error-banner")).to_have_text(
+        "Не найдено: такой группы, ученика или выгрузки нет."
+    )
 
 
 def test_demo_tokens_are_offered_only_by_a_demo_server(
@@ -182,11 +187,20 @@ def test_demo_tokens_are_offered_only_by_a_demo_server(
     auth = AuthSettings(REPORTING_JWT_SECRET=live_server.env["REPORTING_JWT_SECRET"])
     teacher = issue_token(auth, role="teacher", sub="demo-teacher-1", group_ids=TEACHER_GROUPS)
     live_server.app.state.demo_tokens = [  # type: ignore[attr-defined]
-        {"label": "Учитель / Teacher: 7А, 7Б", "role": "teacher", "token": teacher}
+        {
+            "label": "Учитель / Teacher: 7А, 7Б",
+            "role": "teacher",
+            "token": teacher,
+            "groups": "7А, 7Б",
+        }
     ]
     try:
         page.reload()
-        page.get_by_role("button", name="Учитель / Teacher: 7А, 7Б").click()
+        # The role in the page's language (the label with both is the terminal's).
+        page.locator("[data-lang=en]").click()
+        expect(page.locator("#demo-token-list button")).to_have_text("Teacher: 7А, 7Б")
+        page.locator("[data-lang=ru]").click()
+        page.get_by_role("button", name="Учитель: 7А, 7Б", exact=True).click()
     finally:
         live_server.app.state.demo_tokens = []  # type: ignore[attr-defined]
     wait_for_group(page, "7А класс")

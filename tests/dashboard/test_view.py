@@ -4,10 +4,10 @@ attention, the student drill-down, sorting by keyboard, the language switch, nar
 import re
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests.conftest import TokenFactory
-from tests.dashboard.conftest import LiveServer
+from tests.dashboard.conftest import LiveServer, PageGuard
 from tests.dashboard.pages import kpi, sign_in, wait_for_group
 from tests.dashboard.school import FOREIGN_NAMES, TEACHER_GROUPS, TOPICS, School, metrics
 
@@ -18,6 +18,7 @@ def test_teacher_sees_the_group_figures_as_the_api_computes_them(
     school: School,
     make_token: TokenFactory,
     artifacts_dir: Path,
+    page_guard: PageGuard,
 ) -> None:
     page.set_viewport_size({"width": 1360, "height": 1000})
     sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS, sub="t-view"))
@@ -41,6 +42,11 @@ def test_teacher_sees_the_group_figures_as_the_api_computes_them(
     expect(page.locator("#chart-distribution svg rect.bar")).to_have_count(10)
     expect(page.locator("#chart-topics svg")).to_have_attribute("role", "img")
     expect(page.locator("#levels-table tbody tr")).to_have_count(2)
+    # In course order, not alphabetical ("Второй" would come first).
+    assert page.locator("#levels-table tbody th").all_inner_texts() == [
+        "Первый уровень",
+        "Второй уровень",
+    ]
     expect(page.locator("#topics-table tbody tr")).to_have_count(len(TOPICS))
     expect(page.locator("#leaderboard tbody tr")).to_have_count(5)
     expect(page.locator("#leaderboard tbody tr").first).to_contain_text("Анна Смирнова")
@@ -60,6 +66,8 @@ def test_teacher_sees_the_group_figures_as_the_api_computes_them(
     body = page.locator("body").inner_text()
     assert not any(name in body for name in FOREIGN_NAMES)
     page.screenshot(path=str(artifacts_dir / "dashboard-main.png"), full_page=True)
+    # Live updates are off on this server: no event stream is asked for (only to be told 404).
+    assert not [url for url in page_guard.requests if url.endswith("/events")]
 
 
 def topic_names(page: Page) -> list[str]:
@@ -136,6 +144,8 @@ def test_student_drill_down_compares_with_the_group(
     expect(dialog).to_be_visible()
     expect(page.locator("#student-title")).to_have_text("Вера Кузнецова")
     assert "student=a3" in page.url
+    # In one group: nothing to say about other groups.
+    expect(dialog.locator("#student-all-groups")).to_have_count(0)
     expect(dialog.locator(".mini-kpi").first).to_contain_text("30,0")
     expect(dialog.locator("#student-topics tbody tr")).to_have_count(len(TOPICS))
     expect(dialog.locator("#student-levels tbody tr")).to_have_count(2)
@@ -149,6 +159,28 @@ def test_student_drill_down_compares_with_the_group(
     # The address alone opens it again (a bookmark, the back button).
     page.go_back()
     expect(page.locator("#student-title")).to_have_text("Вера Кузнецова")
+
+
+def test_a_student_of_several_groups_is_said_to_have_totals_over_all_of_them(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    """A progress summary counts every group of the student: the card says so, next to this
+    group's figures. (The school's students are in one group each: the answer of the real API
+    is given a second group on its way to the page.)"""
+
+    def in_two_groups(route: Route) -> None:
+        response = route.fetch()
+        body = response.json()
+        route.fulfill(response=response, json={**body, "group_ids": [*body["group_ids"], "g-b"]})
+
+    page.route("**/stats/users/a3", in_two_groups)
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS))
+    wait_for_group(page, "7А класс")
+    page.locator('#attention-list [data-user-id="a3"] button.link-button').click()
+    expect(page.locator("#student-all-groups")).to_have_text(
+        "Итоги по всем группам ученика (2), сравнение — с этой группой."
+    )
+    expect(page.locator("#attention-hint")).to_contain_text("в том числе в других его группах")
 
 
 def test_teacher_picks_only_among_their_groups(

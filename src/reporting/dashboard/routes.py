@@ -51,9 +51,10 @@ _REVALIDATE = "no-cache"
 
 
 class DemoToken(BaseModel):
-    label: str
+    label: str  # the terminal's (both languages); the page names the role in its own language
     role: str
     token: str
+    groups: str = ""  # the teacher's group names, shown after the role
 
 
 def _demo_tokens(request: Request) -> list[DemoToken]:
@@ -85,6 +86,8 @@ async def dashboard_page(request: Request) -> HTMLResponse:
         static=f"/dashboard/static/{bundle.version}",
         modules=modules,
         demo_tokens=_json_for_script([t.model_dump() for t in _demo_tokens(request)]),
+        # Without live updates the page does not open event streams only to be told 404.
+        live_updates=request.app.state.context.settings.worker.enable_live_updates,
     )
     headers = {**_PAGE_HEADERS, "Vary": "Accept-Encoding"}
     if "gzip" in request.headers.get("accept-encoding", ""):

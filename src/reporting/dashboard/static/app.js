@@ -36,6 +36,9 @@ const views = { signin: $('#signin-view'), dashboard: $('#dashboard-view') };
 
 // --- errors and status ------------------------------------------------------------------------
 
+// Set by the server: with live updates off there is no event stream to follow.
+const LIVE_UPDATES = document.body.dataset.liveUpdates === 'on';
+
 function describeError(error) {
   if (!(error instanceof ApiError)) return String(error);
   if (error.status === 0) return t('errors.network');
@@ -113,7 +116,9 @@ function renderDemoTokens() {
         h(
           'button',
           { type: 'button', class: 'button-secondary', dataset: { role: item.role }, onclick: () => signIn(item.token) },
-          item.label,
+          ['admin', 'teacher'].includes(item.role)
+            ? [t(`role.${item.role}`), item.groups ? `: ${item.groups}` : ''].join('')
+            : item.label,
         ),
       ),
     ),
@@ -303,7 +308,7 @@ async function loadGroup(groupId, { silent = false } = {}) {
   if (seq !== state.loadSeq) return;
   renderStudents();
   renderKpis();
-  if (!silent) startLive(groupId);
+  if (!silent && LIVE_UPDATES) startLive(groupId);
   const student = route().student;
   if (student && !studentDialog.isOpen) studentDialog.open(student, groupContext());
 }
@@ -424,12 +429,17 @@ function metricColumns() {
 function renderTables() {
   const group = state.group;
   const levelNames = new Map((group.levels ?? []).map((l) => [l.level_id, l.name]));
+  // The API lists levels in course order: the level column sorts by it, not by name.
+  const levelOrder = new Map((group.levels ?? []).map((l, index) => [l.level_id, index]));
   fill(
     $('#levels-table'),
     sortableTable({
       id: 'levels',
       caption: t('tables.levels'),
-      columns: [{ key: 'name', label: t('col.level'), value: (r) => r.name }, ...metricColumns()],
+      columns: [
+        { key: 'name', label: t('col.level'), value: (r) => levelOrder.get(r.level_id), render: (r) => r.name },
+        ...metricColumns(),
+      ],
       rows: group.levels ?? [],
     }),
   );
@@ -589,9 +599,13 @@ const studentDialog = new StudentDialog({
 function relabel(next) {
   setLang(next);
   renderSignInNotice();
+  renderDemoTokens();
   renderWhoami();
   if (state.claims) renderGroupSelect();
-  if (state.group) renderGroup();
+  if (state.group) {
+    renderGroup();
+    announce(t('status.loaded', { name: state.group.name }));
+  }
   exportsPanel.relabel();
   if (studentDialog.isOpen) studentDialog.render();
 }

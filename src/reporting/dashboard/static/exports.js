@@ -161,7 +161,7 @@ export class ExportPanel {
         const details = error.errors.map((e) => `${(e.loc ?? []).join('.')}: ${e.msg}`).join('; ');
         this.notice('export.invalid', { detail: details || error.detail }, 'error');
       } else if (error.status !== 401) {
-        this.notice('errors.generic', { status: error.status, detail: this.describeError(error) }, 'error');
+        this.notice('export.refused', { status: error.status, detail: this.describeError(error) }, 'error');
       }
     } finally {
       this.submit.disabled = this.blocked();

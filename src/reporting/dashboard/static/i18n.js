@@ -24,7 +24,8 @@ const STRINGS = {
     'signin.empty': 'Вставьте токен.',
     'signin.malformed': 'Это не JWT: токен состоит из трёх частей, разделённых точками.',
     'signin.expired': 'Сессия истекла. Войдите снова.',
-    'signin.rejected': 'Сервер не принял токен: {detail}',
+    // The server's own detail is English: the Russian texts say what it means instead.
+    'signin.rejected': 'Сервер не принял токен: он неверен, истёк или подписан другим ключом.',
     'signin.wrongRole': 'Этот токен (роль «{role}») не даёт доступа к статистике.',
     'signin.signedOut': 'Вы вышли из системы.',
 
@@ -86,7 +87,7 @@ const STRINGS = {
     'leaderboard.none': 'Рейтинг ещё не рассчитан.',
 
     'attention.title': 'Ученики, которым нужно внимание',
-    'attention.hint': 'Сравнение со средним по группе: точность {accuracy}, подсказок {hints} на попытку. Без активности — дольше {days}.',
+    'attention.hint': 'Сравнение со средним по ученикам группы: точность {accuracy}, подсказок {hints} на попытку. Без активности — дольше {days}. Учтены все попытки ученика, в том числе в других его группах.',
     'attention.none': 'Все ученики в пределах обычного для группы.',
     'attention.loading': 'Загружается список учеников…',
     'attention.low_accuracy': 'Точность {value} — в группе {group}',
@@ -102,13 +103,15 @@ const STRINGS = {
     'student.lastActivity': 'Последняя активность: {time}',
     'student.never': 'Попыток ещё не было.',
     'student.computed': 'Данные на {time}',
+    'student.allGroups': 'Итоги по всем группам ученика ({count}), сравнение — с этой группой.',
     'student.levels': 'По уровням',
     'student.topics': 'По темам',
 
     'errors.forbidden': 'Нет доступа: эти данные вне ваших групп.',
-    'errors.notFound': 'Не найдено: {detail}',
+    'errors.notFound': 'Не найдено: такой группы, ученика или выгрузки нет.',
     'errors.network': 'Сервер недоступен. Проверьте соединение и попробуйте снова.',
-    'errors.generic': 'Ошибка {status}: {detail}',
+    'errors.generic': 'Ошибка {status}: запрос не выполнен.',
+    'export.refused': 'Ошибка {status}: {detail}',
 
     'filters.topics': 'Темы',
     'filters.allTopics': 'Все темы',
@@ -228,7 +231,7 @@ const STRINGS = {
     'leaderboard.none': 'The leaderboard has not been computed yet.',
 
     'attention.title': 'Students who need attention',
-    'attention.hint': 'Compared with the group: accuracy {accuracy}, {hints} hints per attempt. Inactive means no attempt for over {days}.',
+    'attention.hint': 'Compared with the mean of the group’s students: accuracy {accuracy}, {hints} hints per attempt. Inactive means no attempt for over {days}. Every attempt of a student counts, in their other groups too.',
     'attention.none': 'Every student is within the group’s usual range.',
     'attention.loading': 'Loading the students…',
     'attention.low_accuracy': 'Accuracy {value} — group {group}',
@@ -244,6 +247,7 @@ const STRINGS = {
     'student.lastActivity': 'Last activity: {time}',
     'student.never': 'No attempts yet.',
     'student.computed': 'Data as of {time}',
+    'student.allGroups': 'Totals over all of the student’s groups ({count}), compared with this group.',
     'student.levels': 'By level',
     'student.topics': 'By topic',
 
@@ -251,6 +255,7 @@ const STRINGS = {
     'errors.notFound': 'Not found: {detail}',
     'errors.network': 'The server cannot be reached. Check the connection and try again.',
     'errors.generic': 'Error {status}: {detail}',
+    'export.refused': 'Error {status}: {detail}',
 
     'filters.topics': 'Topics',
     'filters.allTopics': 'All topics',

@@ -115,6 +115,9 @@ export class StudentDialog {
           : t('student.never'),
         data.computed_at ? ` · ${t('student.computed', { time: dateTime(data.computed_at) })}` : null,
       ),
+      (data.group_ids ?? []).length > 1
+        ? h('p', { class: 'hint', id: 'student-all-groups' }, t('student.allGroups', { count: data.group_ids.length }))
+        : null,
       h(
         'dl',
         { class: 'mini-kpis', 'aria-label': t('student.totals') },
