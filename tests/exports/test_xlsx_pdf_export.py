@@ -165,6 +165,8 @@ async def test_pdf_in_russian_has_cyrillic_text_kpis_tables_and_page_numbers(
     for user_id in {a.user_id for a in chosen}:
         assert school.students[user_id].display_name in text
     assert "Уравнения" not in text  # filtered out
+    assert "Уровень lvl-1" in text  # the per-topic table names levels (the builders' names)
+    assert not re.search(r"\d\.\d", text), "a decimal point in Russian (the chart's labels?)"
     resources: Any = reader.pages[0]["/Resources"]
     fonts = resources["/Font"]
     names = {str(fonts[f].get_object()["/BaseFont"]) for f in fonts}
@@ -198,3 +200,4 @@ async def test_pdf_of_an_empty_period_says_so(deployment: Deployment, school: Sc
     text, _ = _text(content)
     assert "За выбранный период попыток нет." in text
     assert "Попыток 0" in text
+    assert "Средняя точность —" in text  # not 0,0 %: no attempt, no mean

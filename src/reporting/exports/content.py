@@ -70,6 +70,7 @@ class TopicSummary:
     topic_id: str
     topic_name: str
     level_id: str
+    level_name: str
     kpis: Kpis
 
 
@@ -291,7 +292,7 @@ def read_topic_summaries(
     base, params = _base(group_id, filters)
     query = base + sql.SQL(
         """
-        SELECT t.id, t.name, l.id,
+        SELECT t.id, t.name, l.id, l.name,
                sum(b.attempts)::bigint, count(*),
                avg(b.correct::float8 / b.attempts), avg(b.score),
                sum(b.hinted)::float8 / sum(b.attempts),
@@ -300,12 +301,18 @@ def read_topic_summaries(
         FROM base b
         JOIN topics t ON t.key = b.topic_key
         JOIN levels l ON l.key = t.level_key
-        GROUP BY t.id, t.name, l.id, l.position
+        GROUP BY t.id, t.name, l.id, l.name, l.position
         ORDER BY l.position, t.name COLLATE "C", t.id
         """
     )
     return [
-        TopicSummary(topic_id=row[0], topic_name=row[1], level_id=row[2], kpis=_kpis(row[3:]))
+        TopicSummary(
+            topic_id=row[0],
+            topic_name=row[1],
+            level_id=row[2],
+            level_name=row[3],
+            kpis=_kpis(row[4:]),
+        )
         for row in conn.execute(query, params).fetchall()
     ]
 

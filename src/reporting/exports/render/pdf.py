@@ -136,7 +136,7 @@ def _chart(topics: list[TopicSummary], texts: Texts, width: float) -> Drawing:
     chart.valueAxis.labels.fontSize = 7
     chart.bars[0].fillColor = colors.HexColor("#3b6ea5")
     chart.bars[0].strokeColor = None
-    chart.barLabelFormat = "%.1f"
+    chart.barLabelFormat = lambda value: texts.number(value, 1)  # "71,4" in Russian
     chart.barLabels.fontName = FONT
     chart.barLabels.fontSize = 6.5
     chart.barLabels.boxAnchor = "w"
@@ -192,14 +192,16 @@ def render_pdf(
         para(f"<b>{texts.data_as_of}:</b> {as_of}"),
         para(texts.kpis, "h2"),
     ]
+    # Means over no attempts are not 0: they do not exist.
+    measured = kpis.total_attempts > 0
     kpi_rows = [
         [texts.total_attempts, f"{kpis.total_attempts:,}".replace(",", "\u00a0")],
         [texts.total_users, str(kpis.total_users)],
-        [texts.avg_accuracy, texts.percent(kpis.avg_accuracy)],
-        [texts.avg_score, texts.number(kpis.avg_score)],
-        [texts.hint_usage_rate, texts.percent(kpis.hint_usage_rate)],
-        [texts.avg_hints, texts.number(kpis.avg_hints)],
-        [texts.avg_time_seconds, texts.number(kpis.avg_time_seconds, 1)],
+        [texts.avg_accuracy, texts.percent(kpis.avg_accuracy) if measured else "—"],
+        [texts.avg_score, texts.number(kpis.avg_score) if measured else "—"],
+        [texts.hint_usage_rate, texts.percent(kpis.hint_usage_rate) if measured else "—"],
+        [texts.avg_hints, texts.number(kpis.avg_hints) if measured else "—"],
+        [texts.avg_time_seconds, texts.number(kpis.avg_time_seconds, 1) if measured else "—"],
     ]
     kpi_table = Table(kpi_rows, colWidths=[75 * mm, 40 * mm], hAlign="LEFT")
     kpi_table.setStyle(
@@ -239,7 +241,7 @@ def render_pdf(
         topic_rows += [
             [
                 para(escape(t.topic_name), "cell"),
-                para(escape(t.level_id), "cell"),
+                para(escape(t.level_name), "cell"),
                 str(t.kpis.total_users),
                 str(t.kpis.total_attempts),
                 texts.percent(t.kpis.avg_accuracy),
