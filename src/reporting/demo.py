@@ -103,6 +103,10 @@ def run(*, host: str, port: int, students: int, secret: str) -> int:
 
     env = dict(os.environ)
     env.setdefault("REPORTING_WORKER_INTERVAL_SECS", "300")
+    # A first look shows attempts arriving within seconds, unless the environment or .env says
+    # otherwise (the service's own default stays off, CONTRACT §4).
+    if "enable_live_updates" not in settings.worker.model_fields_set:
+        env["REPORTING_ENABLE_LIVE_UPDATES"] = "true"
     env.setdefault("REPORTING_PUBLIC_URL", f"http://{host}:{port}")
     tokens = _demo_tokens(settings.auth, teacher_groups)
     tokens_file = settings.database.data_dir / "demo-tokens.json"
@@ -124,7 +128,22 @@ def run(*, host: str, port: int, students: int, secret: str) -> int:
     base_url = f"http://{host}:{port}"
     try:
         _wait_ready(base_url, children[0])
-        _print_welcome(base_url, tokens, settings.database.data_dir)
+        service = issue_token(
+            settings.auth,
+            role="service",
+            sub="demo-platform",
+            group_ids=[],
+            ttl_seconds=DEMO_TTL_SECONDS,
+        )
+        _print_welcome(
+            base_url,
+            tokens,
+            service,
+            settings.database.data_dir,
+            secret_file=_secret_file(settings.database.data_dir, secret),
+            embedded=not settings.database.url,
+            live=env.get("REPORTING_ENABLE_LIVE_UPDATES", "").lower() in ("1", "true", "yes", "on"),
+        )
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         print("a demo process exited; stopping the others", file=sys.stderr)
@@ -142,18 +161,48 @@ def run(*, host: str, port: int, students: int, secret: str) -> int:
                 child.kill()
 
 
-def _print_welcome(base_url: str, tokens: list[dict[str, str]], data_dir: Path) -> None:
+def _secret_file(data_dir: Path, secret: str) -> Path | None:
+    """The file holding the demo's secret, when that is where `secret` came from."""
+    path = (data_dir / "demo-jwt-secret").resolve()
+    return path if path.exists() and path.read_text().strip() == secret else None
+
+
+def _print_welcome(
+    base_url: str,
+    tokens: list[dict[str, str]],
+    service: str,
+    data_dir: Path,
+    *,
+    secret_file: Path | None,
+    embedded: bool,
+    live: bool,
+) -> None:
+    command = (
+        f"{Path(sys.executable).parent / 'reporting'} token --role teacher --groups ID --sub ME"
+    )
+    # With the demo's own secret (kept in the data dir) unless REPORTING_JWT_SECRET was given.
+    sign = f"REPORTING_JWT_SECRET=$(cat {secret_file}) {command}" if secret_file else command
     lines = [
         "",
         "Reporting & Analytics demo is running.",
         f"  Dashboard:  {base_url}/dashboard",
         f"  API docs:   {base_url}/docs",
         f"  Metrics:    {base_url}/metrics",
-        f"  Data:       {data_dir.resolve()} (embedded PostgreSQL)",
+        f"  Data:       {data_dir.resolve()}"
+        + (" (embedded PostgreSQL)" if embedded else " (the database is DATABASE_URL's)"),
+        "  Live updates: "
+        + ("on (ingested attempts reach the dashboard within seconds)" if live else "off"),
         "",
         "Tokens (also offered on the dashboard's sign-in page):",
     ]
     for token in tokens:
         lines += [f"  {token['label']}:", f"    {token['token']}"]
-    lines += ["", "Press Ctrl-C to stop."]
+    lines += [
+        "  Платформа / Platform (PUT /ingest/directory, POST /ingest/attempts):",
+        f"    {service}",
+        "",
+        f"More tokens: {sign}",
+        "",
+        "Press Ctrl-C to stop.",
+    ]
     print("\n".join(lines), flush=True)

