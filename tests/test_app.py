@@ -1,3 +1,5 @@
+import re
+
 import httpx
 
 
@@ -35,3 +37,17 @@ async def test_fastapis_own_pages_are_counted_under_their_paths(api: httpx.Async
     assert 'http_requests_total{method="GET",route="/openapi.json",status="200"}' in body
     assert 'http_requests_total{method="GET",route="/docs",status="200"}' in body
     assert 'http_requests_total{method="GET",route="unmatched",status="404"}' in body
+
+
+async def test_the_api_docs_need_no_internet(api: httpx.AsyncClient) -> None:
+    """Swagger UI and ReDoc come from this server, not a CDN (blank pages offline)."""
+    for page in ("/docs", "/redoc"):
+        html = (await api.get(page)).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(a.startswith("/docs/static/") for a in assets), (page, assets)
+        for asset in assets:
+            response = await api.get(asset)
+            assert response.status_code == 200 and len(response.content) > 1000, asset
+        assert "cdn." not in html and "https://" not in html
+    body = (await api.get("/metrics")).text
+    assert 'http_requests_total{method="GET",route="/docs/static",status="200"}' in body

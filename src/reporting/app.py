@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reporting import __version__
@@ -59,12 +60,15 @@ def create_app(settings: Settings, *, url: str | None = None) -> FastAPI:
             await stats_listener.stop()
             await db.close()
 
-    app = FastAPI(
+    # FastAPI's own /docs loads Swagger UI from a CDN: a blank page without internet access.
+    app = FastAPIOffline(
         title="Reporting & Analytics",
         version=__version__,
         lifespan=lifespan,
         docs_url="/docs",
+        redoc_url="/redoc",
         openapi_url="/openapi.json",
+        static_url="/docs/static",
     )
     install_error_handlers(app)
     app.state.demo_tokens = _demo_tokens(settings)

@@ -24,13 +24,14 @@ def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     if route is not None:
         return str(route.path)
-    # FastAPI's own pages (/docs, /openapi.json) are plain Starlette routes, which leave only
-    # their endpoint; found by it, they are not lumped in with unknown paths.
+    # FastAPI's own pages (/openapi.json, the docs' static files) are plain Starlette routes and
+    # mounts, which leave only their endpoint; found by it, they are not lumped in with unknown
+    # paths.
     endpoint = scope.get("endpoint")
     app = scope.get("app")
     if endpoint is not None and app is not None:
         for candidate in getattr(app, "routes", ()):
-            if getattr(candidate, "endpoint", None) is endpoint:
+            if endpoint in (getattr(candidate, "endpoint", None), getattr(candidate, "app", None)):
                 return str(candidate.path)
     return "unmatched"
 
