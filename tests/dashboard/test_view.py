@@ -286,3 +286,27 @@ def test_the_api_docs_render_without_internet(
     expect(
         page.locator(".opblock-summary-path[data-path='/stats/groups/{group_id}']")
     ).to_have_count(1)
+
+
+def test_a_failed_refresh_keeps_the_figures_on_screen(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    """The network fails, not the teacher's right to the group: the page keeps what it showed
+    and says the refresh failed (it used to wipe the KPIs, tables and charts)."""
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS))
+    wait_for_group(page, "7А класс")
+    accuracy = kpi(page, "accuracy")
+
+    page.route("**/stats/groups/g-a", lambda route: route.abort())
+    page.locator("#refresh").click()
+    expect(page.locator("#error-banner")).to_have_text(
+        "Сервер недоступен. Проверьте соединение и попробуйте снова."
+    )
+    assert kpi(page, "accuracy") == accuracy
+    expect(page.locator("#group-title")).to_have_text("7А класс")
+    expect(page.locator("#topics-table tbody tr")).to_have_count(len(TOPICS))
+
+    page.unroute("**/stats/groups/g-a")
+    page.locator("#refresh").click()
+    expect(page.locator("#error-banner")).to_be_hidden()
+    assert kpi(page, "accuracy") == accuracy

@@ -251,12 +251,17 @@ function clearGroupView() {
 
 async function loadGroup(groupId, { silent = false } = {}) {
   const seq = ++state.loadSeq;
+  // A refresh of the group on screen keeps it there until the new figures come (or fail).
+  const refresh = !silent && state.groupId === groupId && state.group != null;
   if (!silent) {
     stopLive();
     showBanner(null);
-    clearGroupView();
+    if (!refresh) {
+      clearGroupView();
+      state.attentionExpanded = false;
+      $('#freshness').textContent = t('status.loading');
+    }
     state.groupId = groupId;
-    state.attentionExpanded = false;
     renderGroupSelect();
     announce(t('status.loading'));
     views.dashboard.setAttribute('aria-busy', 'true');
@@ -272,11 +277,18 @@ async function loadGroup(groupId, { silent = false } = {}) {
     if (seq !== state.loadSeq) return;
     views.dashboard.removeAttribute('aria-busy');
     if (error instanceof ApiError && error.status === 401) return;
-    // Refused or failed: show the error and nothing of the group.
-    clearGroupView();
-    $('#group-title').textContent = '—';
     showBanner(error);
     announce(describeError(error));
+    const refused = error instanceof ApiError && [403, 404].includes(error.status);
+    if ((refresh || silent) && !refused && state.group) {
+      // The server or the network failed, not the reader's right to see the group: the figures
+      // on screen stay, under the banner that says the refresh failed.
+      if (refresh && LIVE_UPDATES) startLive(groupId);
+      return;
+    }
+    // Refused, or nothing to keep: the error and nothing of the group.
+    clearGroupView();
+    $('#group-title').textContent = '—';
     return;
   }
   if (seq !== state.loadSeq) return;
