@@ -159,6 +159,7 @@ def run(*, host: str, port: int, students: int, secret: str) -> int:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()  # reaped here, not left to whoever adopts it
 
 
 def _secret_file(data_dir: Path, secret: str) -> Path | None:
