@@ -74,6 +74,7 @@ def run(*, host: str, port: int, students: int, secret: str) -> int:
     # Empty counts as unset, and overrides a key in `.env` too.
     os.environ["REPORTING_JWT_PUBLIC_KEY"] = ""
     from reporting.cli import _migrated_url, _settings, spawn
+    from reporting.db import embedded
     from reporting.db.engine import connect
     from reporting.ingest.seed import SeedSpec, seed
 
@@ -160,6 +161,10 @@ def run(*, host: str, port: int, students: int, secret: str) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()  # reaped here, not left to whoever adopts it
+        if not settings.database.url:
+            # A child that died before detaching would keep the server up after the demo's own
+            # detach at exit; all of them have exited now.
+            embedded.release_dead_handles(settings.database.data_dir)
 
 
 def _secret_file(data_dir: Path, secret: str) -> Path | None:

