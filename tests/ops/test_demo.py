@@ -84,6 +84,7 @@ def test_the_demo_prints_working_tokens_and_stops_on_ctrl_c(
         assert "Live updates: on" in banner
         # Each process checks the schema at start; alembic's boilerplate is not printed.
         assert "setup plugin" not in banner and "Context impl" not in banner
+        assert "HTTP Request:" not in banner  # httpx's line per readiness poll
 
         admin = _token_after(lines, "Администратор / Admin:")
         teacher = _token_after(lines, "Учитель / Teacher:")
