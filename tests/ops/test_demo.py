@@ -9,6 +9,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -44,20 +47,76 @@ def _token_after(lines: list[str], label: str) -> str:
     return lines[index + 1].strip()
 
 
-def _running_in_group(pgid: int) -> list[str]:
-    """The processes of a process group that still run (zombies, already exited but not yet
-    reaped by whoever adopted them, do not count)."""
-    running = []
+@dataclass(frozen=True)
+class _Process:
+    pid: int
+    state: str  # "Z": exited, not yet reaped by whoever adopted it
+    parent: int
+    group: int
+    args: list[str]
+
+
+def _processes() -> Iterator[_Process]:
+    """Every process of the machine, from /proc (those that vanish meanwhile are skipped)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rpartition(")")[2].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            args = (stat.parent / "cmdline").read_bytes().split(b"\0")
         except OSError:
-            continue  # gone meanwhile
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state != "Z":
-            running.append(f"{stat.parent.name} {state} {cmdline.strip()}")
-    return running
+            continue
+        yield _Process(
+            pid=int(stat.parent.name),
+            state=fields[0],
+            parent=int(fields[1]),
+            group=int(fields[2]),
+            args=[a.decode(errors="replace") for a in args if a],
+        )
+
+
+def _running_in_group(pgid: int) -> list[str]:
+    """The processes of a process group that still run (zombies do not count)."""
+    return [
+        f"{p.pid} {p.state} {' '.join(p.args)}"
+        for p in _processes()
+        if p.group == pgid and p.state != "Z"
+    ]
+
+
+def _children(pid: int) -> dict[str, int]:
+    """The direct children of `pid`, by the console script they run."""
+    return {
+        Path(p.args[1]).name: p.pid for p in _processes() if p.parent == pid and len(p.args) > 1
+    }
+
+
+def _embedded_server_runs(data_dir: Path) -> bool:
+    pgdata = str((data_dir / "pg").resolve())
+    return any(
+        p.args and p.args[0].endswith("/postgres") and pgdata in p.args for p in _processes()
+    )
+
+
+@contextmanager
+def _demo(tmp_path: Path, env: dict[str, str], *options: str) -> Iterator[subprocess.Popen[str]]:
+    """`reporting demo` in a process group of its own (as a terminal's Ctrl-C reaches it),
+    killed with all it started if the test leaves it running."""
+    process = subprocess.Popen(
+        [str(BIN / "reporting"), "demo", *options],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def test_the_demo_prints_working_tokens_and_stops_on_ctrl_c(
@@ -67,16 +126,7 @@ def test_the_demo_prints_working_tokens_and_stops_on_ctrl_c(
     env = service_env(database_url=fresh_db_url, data_dir=tmp_path / "data")
     del env["REPORTING_JWT_SECRET"]  # the demo makes and keeps its own
     env["REPORTING_LOG_JSON"] = "false"
-    process = subprocess.Popen(
-        [str(BIN / "reporting"), "demo", "--port", str(port), "--students", "40"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches it
-    )
-    try:
+    with _demo(tmp_path, env, "--port", str(port), "--students", "40") as process:
         lines = _banner(process)
         banner = "\n".join(lines)
         base = f"http://127.0.0.1:{port}"
@@ -127,38 +177,6 @@ def test_the_demo_prints_working_tokens_and_stops_on_ctrl_c(
         while (left := _running_in_group(process.pid)) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left, f"still running from the demo: {left}"
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        elif process.stdout is not None:
-            process.stdout.close()
-
-
-def _children(pid: int) -> dict[str, int]:
-    """The direct children of `pid`, by the console script they run."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rpartition(")")[2].split()[1])
-            args = (stat.parent / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if parent == pid and len(args) > 1:
-            found[Path(args[1].decode()).name] = int(stat.parent.name)
-    return found
-
-
-def _embedded_server_runs(data_dir: Path) -> bool:
-    pgdata = str((data_dir / "pg").resolve())
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args[0].endswith(b"/postgres") and pgdata.encode() in args:
-            return True
-    return False
 
 
 def test_a_child_killed_without_detaching_does_not_keep_the_embedded_server_up(
@@ -170,31 +188,18 @@ def test_a_child_killed_without_detaching_does_not_keep_the_embedded_server_up(
     data_dir = tmp_path / "data"
     env = service_env(database_url=None, data_dir=data_dir)
     del env["REPORTING_JWT_SECRET"]
-    process = subprocess.Popen(
-        [str(BIN / "reporting"), "demo", "--port", str(free_port()), "--students", "20"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
     try:
-        _banner(process)
-        assert _embedded_server_runs(data_dir)
-        os.kill(_children(process.pid)["export-worker"], signal.SIGKILL)
+        with _demo(tmp_path, env, "--port", str(free_port()), "--students", "20") as process:
+            _banner(process)
+            assert _embedded_server_runs(data_dir)
+            os.kill(_children(process.pid)["export-worker"], signal.SIGKILL)
 
-        assert process.wait(timeout=60) == 1  # "a demo process exited; stopping the others"
-        deadline = time.monotonic() + 15
-        while _embedded_server_runs(data_dir) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _embedded_server_runs(data_dir), "the embedded server outlived the demo"
+            assert process.wait(timeout=60) == 1  # "a demo process exited; stopping the others"
+            deadline = time.monotonic() + 15
+            while _embedded_server_runs(data_dir) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not _embedded_server_runs(data_dir), "the embedded server outlived the demo"
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
         subprocess.run(
             [str(BIN / "reporting"), "db", "stop"], env=env, capture_output=True, timeout=60
         )

