@@ -10,6 +10,7 @@ from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Page, Route, expect
 
@@ -123,7 +124,7 @@ def test_xlsx_and_pdf_download_too(
     assert export_and_download(page, "pdf", 1).startswith(b"%PDF")
 
 
-def test_the_sixth_export_in_an_hour_shows_the_rate_limit(
+def test_the_fifth_export_in_an_hour_spends_the_quota_and_the_button_waits(
     page: Page,
     live_server: LiveServer,
     school: School,
@@ -133,6 +134,8 @@ def test_the_sixth_export_in_an_hour_shows_the_rate_limit(
     sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS, sub="t-rate"))
     wait_for_group(page, "7А класс")
     quota = page.locator("#export-quota")
+    status = page.locator("#export-status")
+    submit = page.locator("#export-submit")
     expect(quota).to_have_text("Осталось выгрузок в этом часе: 5 из 5.")
     # The page's polls of each export are held until the five are requested: the export worker
     # runs, and an earlier export announced ready would replace the request's own notice.
@@ -146,21 +149,23 @@ def test_the_sixth_export_in_an_hour_shows_the_rate_limit(
             held.append(route)
 
     page.route(EXPORT_POLL, hold)
-    for made in range(1, 6):
-        page.locator("#export-submit").click()
+    for made in range(1, 5):
+        submit.click()
         expect(page.locator("#export-list .export-item")).to_have_count(made)
-        expect(page.locator("#export-status")).to_have_text("Отчёт CSV поставлен в очередь.")
-        if made < 5:
-            expect(quota).to_have_text(f"Осталось выгрузок в этом часе: {5 - made} из 5.")
-    expect(quota).to_have_text("Лимит выгрузок на этот час исчерпан.")
+        expect(status).to_have_text("Отчёт CSV поставлен в очередь.")
+        expect(quota).to_have_text(f"Осталось выгрузок в этом часе: {5 - made} из 5.")
+        expect(submit).to_be_enabled()
 
-    page.locator("#export-submit").click()
-    status = page.locator("#export-status")
-    expect(status).to_contain_text("Лимит выгрузок исчерпан (5 в час)")
+    # The fifth spends the quota: the button waits, and the status says until when.
+    submit.click()
+    expect(page.locator("#export-list .export-item")).to_have_count(5)
+    expect(quota).to_have_text("Лимит выгрузок на этот час исчерпан.")
+    expect(submit).to_be_disabled()
+    expect(status.locator("p")).to_have_count(2)
+    expect(status.locator("p").first).to_have_text("Отчёт CSV поставлен в очередь.")
+    expect(status.locator("p").last).to_contain_text("Лимит выгрузок исчерпан (5 в час)")
     text = status.inner_text()
     assert re.search(r"будет доступна через (\d+ минут[аы]?|60 минут|1 час)", text), text
-    expect(page.locator("#export-submit")).to_be_disabled()
-    expect(page.locator("#export-list .export-item")).to_have_count(5)  # nothing was created
 
     # The earlier exports becoming ready are announced, and the limit stays explained under it.
     released = True
@@ -170,7 +175,36 @@ def test_the_sixth_export_in_an_hour_shows_the_rate_limit(
     expect(status.locator("p")).to_have_count(2)
     expect(status.locator("p").first).to_have_text("Отчёт CSV готов.")
     expect(status.locator("p").last).to_contain_text("Лимит выгрузок исчерпан (5 в час)")
-    expect(page.locator("#export-submit")).to_be_disabled()
+    expect(submit).to_be_disabled()
+
+
+def test_a_quota_spent_elsewhere_gets_the_rate_limit_message(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    token = make_token("teacher", groups=TEACHER_GROUPS, sub="t-elsewhere")
+    sign_in(page, live_server, token)
+    wait_for_group(page, "7А класс")
+    quota = page.locator("#export-quota")
+    expect(quota).to_have_text("Осталось выгрузок в этом часе: 5 из 5.")
+    # Another tab (or a script) of the same teacher spends the hour's five meanwhile.
+    exports_url = live_server.url(f"/stats/groups/{TEACHER_GROUPS[0]}/export")
+    body = {"topic_ids": [], "period": {"from": "2026-01-01", "to": "2026-01-31"}, "format": "csv"}
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(headers=headers) as client:
+        assert [client.post(exports_url, json=body).status_code for _ in range(5)] == [202] * 5
+
+        page.locator("#export-submit").click()
+        status = page.locator("#export-status")
+        expect(status).to_contain_text("Лимит выгрузок исчерпан (5 в час)")
+        assert re.search(
+            r"будет доступна через (\d+ минут[аы]?|60 минут|1 час)", status.inner_text()
+        )
+        expect(page.locator("#export-submit")).to_be_disabled()
+        expect(quota).to_have_text("Лимит выгрузок на этот час исчерпан.")
+        # Nothing was created by the refused request.
+        mine = client.get(live_server.url("/stats/exports")).json()
+        assert len(mine) == 5
+    expect(page.locator("#export-list .export-item")).to_have_count(0)
 
 
 def test_bad_filters_get_a_clear_message_and_no_request(

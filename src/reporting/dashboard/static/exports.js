@@ -1,6 +1,7 @@
 // The export form: filters (topics, period) → POST /stats/groups/{id}/export → poll the export
-// until it is ready → its download link. Shows the hourly quota from the RateLimit-* headers and,
-// on 429, when the next export is possible (Retry-After).
+// until it is ready → its download link. Shows the hourly quota from the RateLimit-* headers; once
+// it is spent (the last one used here, or a 429 when it was spent elsewhere), the button waits
+// until the next export is possible and says when.
 
 import { ApiError, enc, request } from './api.js';
 import { $, $$, fill, h } from './dom.js';
@@ -135,7 +136,7 @@ export class ExportPanel {
       return;
     }
     if (this.blocked()) {
-      this.showRateLimited();
+      this.notice(null);
       return;
     }
     this.submit.disabled = true;
@@ -155,8 +156,8 @@ export class ExportPanel {
       if (error.headers) this.readLimits(error.headers);
       if (error.status === 429) {
         const retryAfter = Number(error.headers?.get('Retry-After') ?? Number.NaN);
-        this.blockedUntil = Date.now() + (Number.isFinite(retryAfter) ? retryAfter : 60) * 1000;
-        this.showRateLimited();
+        this.blockUntil(Date.now() + (Number.isFinite(retryAfter) ? retryAfter : 60) * 1000);
+        this.notice(null);
       } else if (error.status === 422) {
         const details = error.errors.map((e) => `${(e.loc ?? []).join('.')}: ${e.msg}`).join('; ');
         this.notice('export.invalid', { detail: details || error.detail }, 'error');
@@ -169,15 +170,16 @@ export class ExportPanel {
     }
   }
 
-  showRateLimited() {
-    this.notice(null);
+  /** No export is possible before `until` (ms): the button waits, and the status says when. */
+  blockUntil(until) {
+    this.blockedUntil = until;
     this.submit.disabled = true;
     clearTimeout(this.blockedTimer);
     this.blockedTimer = setTimeout(() => {
       this.submit.disabled = false;
       this.notice(...(this.lastNotice ?? []));
-      this.renderQuota();
-    }, Math.max(0, this.blockedUntil - Date.now()));
+      this.loadRecent(); // the quota as the server counts it now
+    }, Math.max(0, until - Date.now()));
   }
 
   readLimits(headers) {
@@ -190,6 +192,11 @@ export class ExportPanel {
       remaining: Number(remaining),
       resetAt: Number.isFinite(reset) ? Date.now() + reset * 1000 : null,
     };
+    // Spent (by the last export, or in another tab): no click that can only get a 429.
+    if (this.limits.remaining <= 0 && this.limits.resetAt > Date.now() && !this.blocked()) {
+      this.blockUntil(this.limits.resetAt);
+      this.notice(...(this.lastNotice ?? []));
+    }
     this.renderQuota();
   }
 
