@@ -68,6 +68,32 @@ def test_static_files_cache_for_a_year_when_versioned_and_revalidate_otherwise(
     assert raw.content == (assets.STATIC_DIR / "style.css").read_bytes()
 
 
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/static/style.css"])
+@pytest.mark.parametrize(
+    ("accept_encoding", "compressed"),
+    [("gzip, br", True), ("*", True), ("gzip;q=0", False), ("identity", False), ("br", False)],
+)
+def test_the_page_and_its_files_are_gzipped_only_for_clients_that_take_gzip(
+    http: httpx.Client, path: str, accept_encoding: str, compressed: bool
+) -> None:
+    response = http.get(path, headers={"Accept-Encoding": accept_encoding})
+    assert response.status_code == 200
+    assert response.headers.get("content-encoding") == ("gzip" if compressed else None)
+    assert "Accept-Encoding" in response.headers["vary"]
+
+
+def test_a_static_file_revalidates_with_its_weak_or_listed_etag_only(http: httpx.Client) -> None:
+    etag = http.get("/dashboard/static/style.css").headers["etag"]
+    for matching in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        again = http.get("/dashboard/static/style.css", headers={"If-None-Match": matching})
+        assert again.status_code == 304, matching
+    longer = etag[:-1] + 'x"'
+    assert (
+        http.get("/dashboard/static/style.css", headers={"If-None-Match": longer}).status_code
+        == 200
+    )
+
+
 @pytest.mark.parametrize(
     "path", ["nope.js", "../routes.py", "%2e%2e/routes.py", "x/../../routes.py", "templates"]
 )

@@ -26,6 +26,7 @@ from reporting.dashboard.schemas import (
     TopicOption,
 )
 from reporting.errors import NotFound
+from reporting.http import accepts_gzip, etag_matches
 
 router = APIRouter(tags=["dashboard"])
 
@@ -90,7 +91,7 @@ async def dashboard_page(request: Request) -> HTMLResponse:
         live_updates=request.app.state.context.settings.worker.enable_live_updates,
     )
     headers = {**_PAGE_HEADERS, "Vary": "Accept-Encoding"}
-    if "gzip" in request.headers.get("accept-encoding", ""):
+    if accepts_gzip(request.headers.get("accept-encoding")):
         body = gzip.compress(html.encode(), compresslevel=6)
         return HTMLResponse(body, headers={**headers, "Content-Encoding": "gzip"})
     return HTMLResponse(html, headers=headers)
@@ -120,9 +121,9 @@ async def dashboard_static(name: str, request: Request) -> Response:
         "Vary": "Accept-Encoding",
         "X-Content-Type-Options": "nosniff",
     }
-    if asset.etag in request.headers.get("if-none-match", ""):
+    if etag_matches(request.headers.get("if-none-match"), asset.etag):
         return Response(status_code=304, headers=headers)
-    if asset.gzipped is not None and "gzip" in request.headers.get("accept-encoding", ""):
+    if asset.gzipped is not None and accepts_gzip(request.headers.get("accept-encoding")):
         return Response(
             asset.gzipped,
             media_type=asset.media_type,

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 
 from reporting.auth.deps import CurrentCaller
+from reporting.http import accepts_gzip, etag_matches
 from reporting.stats import events, service
 from reporting.stats.cache import CachedBody
 from reporting.stats.schemas import (
@@ -36,29 +37,6 @@ _READ_ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def _etag_matches(if_none_match: str | None, cached: CachedBody) -> bool:
-    if not if_none_match:
-        return False
-    ours = {cached.etag, cached.gzip_etag, "*"}
-    return any(tag.strip().removeprefix("W/") in ours for tag in if_none_match.split(","))
-
-
-def _accepts_gzip(accept_encoding: str | None) -> bool:
-    """Whether Accept-Encoding admits gzip (by name or `*`) with a non-zero q."""
-    for coding in (accept_encoding or "").split(","):
-        name, _, params = coding.partition(";")
-        if name.strip().lower() not in ("gzip", "*"):
-            continue
-        quality = params.strip()
-        if not quality.startswith("q="):
-            return True
-        try:
-            return float(quality[2:]) > 0
-        except ValueError:
-            return False
-    return False
-
-
 def _wants_fresh(request: Request) -> bool:
     """`Cache-Control: no-cache` (or `max-age=0`, a browser's reload) on the request: a page
     that changed is refilled, never served stale (see stats/cache.py)."""
@@ -72,7 +50,7 @@ def _json(cached: CachedBody, request: Request) -> Response:
     if (
         cached.gzip_body
         and cached.gzip_etag
-        and _accepts_gzip(request.headers.get("accept-encoding"))
+        and accepts_gzip(request.headers.get("accept-encoding"))
     ):
         body, etag, encoding = cached.gzip_body, cached.gzip_etag, "gzip"
     # private: the body depends on the bearer; no-cache: revalidate, a 304 is cheap.
@@ -81,7 +59,7 @@ def _json(cached: CachedBody, request: Request) -> Response:
         "Cache-Control": "private, no-cache",
         "Vary": "Authorization, Accept-Encoding",
     }
-    if _etag_matches(request.headers.get("if-none-match"), cached):
+    if etag_matches(request.headers.get("if-none-match"), cached.etag, cached.gzip_etag):
         return Response(status_code=304, headers=headers)
     if encoding is not None:
         headers["Content-Encoding"] = encoding
