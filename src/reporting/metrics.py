@@ -1,8 +1,13 @@
 """Every Prometheus metric of the service, defined once (names fixed by CONTRACT §7)."""
 
+import logging
+import sys
 from functools import cache
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
 
 # Analytics worker
 # A total and its failures, as Prometheus' instrumentation practices have it: the failed share is
@@ -113,3 +118,15 @@ def expose_worker_gauges() -> None:
     """
     for gauge in _WORKER_GAUGES:
         REGISTRY.register(gauge)
+
+
+def serve(port: int, host: str) -> WSGIServer | None:
+    """A worker's own /metrics on host:port, from a thread. None, after one line on stderr, when
+    the address cannot be bound: the worker then exits 2, as for a bad setting."""
+    try:
+        server, _ = start_http_server(port, addr=host)
+    except OSError as error:
+        print(f"error: cannot serve metrics on {host}:{port}: {error}", file=sys.stderr)
+        return None
+    log.info("serving metrics", extra={"host": host, "port": port})
+    return server

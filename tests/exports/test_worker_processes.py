@@ -3,6 +3,9 @@ producing anything twice; a worker killed mid-export is replaced after its lease
 finishes the export in hand and exits 0."""
 
 import asyncio
+import json
+import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -12,8 +15,8 @@ import pytest
 
 from reporting.settings import ExportSettings
 from tests.exports.conftest import SEPTEMBER, Deployment, DeploymentFactory, School, rows_of
-from tests.ops.processes import run_once, service_env, start_export_worker
-from tests.servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
+from tests.ops.processes import BIN, run_once, service_env, start_export_worker
+from tests.servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, S3Server
 
 pytestmark = pytest.mark.slow
 
@@ -187,3 +190,52 @@ async def test_once_produces_what_is_pending_and_exits_zero(
     assert [_status(deployment.url, export_id) for export_id in ids] == [("ready", 1)] * 3
     assert len(deployment.objects()) == 3
     assert "ready in" in output
+
+
+def test_a_busy_metrics_port_stops_the_export_worker_with_one_line(
+    fresh_db_url: str, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [str(BIN / "export-worker"), "--metrics-port", str(port)],
+            env=service_env(database_url=fresh_db_url, data_dir=tmp_path / "data"),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: cannot serve metrics on 127.0.0.1:{port}:"
+    )
+
+
+def test_an_unusable_bucket_is_named_at_start_and_the_worker_still_runs(
+    fresh_db_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    env = service_env(
+        database_url=fresh_db_url,
+        data_dir=tmp_path / "data",
+        extra={
+            "OBJECT_STORAGE_ENDPOINT": s3_server.endpoint,
+            "OBJECT_STORAGE_BUCKET": "no-such-bucket-here",
+            "OBJECT_STORAGE_ACCESS_KEY": S3_ACCESS_KEY,
+            "OBJECT_STORAGE_SECRET_KEY": S3_SECRET_KEY,
+            "OBJECT_STORAGE_REGION": S3_REGION,
+        },
+    )
+    output = run_once("export-worker", env, tmp_path)  # nothing pending: exits 0
+    warnings = [
+        entry
+        for entry in map(json.loads, filter(None, output.splitlines()))
+        if entry.get("msg") == "object storage is not usable yet"
+    ]
+    assert len(warnings) == 1, output
+    assert "'no-such-bucket-here'" in warnings[0]["error"]
+    assert "does not exist" in warnings[0]["error"]

@@ -74,6 +74,17 @@ def test_put_exists_delete_round_trip(tmp_path: Path) -> None:
     store.delete(key)  # a missing key is not an error
 
 
+def test_the_check_passes_on_a_usable_directory_and_names_an_unusable_one(tmp_path: Path) -> None:
+    store, _ = _local(tmp_path)
+    store.check()
+    assert [p.name for p in (tmp_path / "files").iterdir()] == []  # the probe leaves nothing
+
+    (tmp_path / "files").rmdir()
+    (tmp_path / "files").write_text("not a directory")
+    with pytest.raises(StorageError, match=r"cannot store files under .*files"):
+        store.check()
+
+
 def test_links_are_capped_signed_and_placed_under_the_right_base(tmp_path: Path) -> None:
     store, _ = _local(tmp_path)
     now = datetime.now(UTC)

@@ -32,7 +32,6 @@ from types import FrameType
 from typing import Literal
 
 import psycopg
-from prometheus_client import start_http_server
 
 from reporting import metrics
 from reporting.db.engine import apply_scope, connect
@@ -84,10 +83,6 @@ class TickResult:
 
     def add(self, outcome: Outcome) -> None:
         setattr(self, outcome.status, getattr(self, outcome.status) + 1)
-
-
-class ExportFailed(Exception):
-    """The export cannot be produced; str() is the `error` the requester sees."""
 
 
 # --- one export --------------------------------------------------------------------------------
@@ -463,11 +458,16 @@ def run(
 ) -> int:
     """The `export-worker` command. `--once`: produce what is pending, deliver what is due,
     exit 0 (1 if an export failed). Otherwise loop until SIGTERM/SIGINT, then exit 0."""
+    if metrics_port is not None and metrics.serve(metrics_port, metrics_host) is None:
+        return 2
     store = build_store(settings)
     if (warning := relative_links_warning(settings)) is not None:
         log.warning(warning)
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr=metrics_host)
+    try:
+        store.check()
+    except StorageError as error:
+        # Not fatal: the store may come up later, and each export says why it failed meanwhile.
+        log.warning("object storage is not usable yet", extra={"error": str(error)})
     stop = threading.Event()
     poll = settings.exports.poll_seconds
     notifier = _Notifier(url, settings, interval=min(poll, 2.0))

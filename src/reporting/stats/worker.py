@@ -27,7 +27,6 @@ The loop owns everything around a tick: the schedule, the lock, metrics, logs an
 
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +35,6 @@ from enum import Enum
 from types import FrameType
 
 import psycopg
-from prometheus_client import start_http_server
 
 from reporting import metrics
 from reporting.db.priority import lower_backend_priority
@@ -75,15 +73,9 @@ def run(
         metrics.analytics_worker_ticks_total.labels(status)  # exported as 0 from the start
     server = None
     if metrics_port is not None:
-        try:
-            server, _ = start_http_server(metrics_port, addr=metrics_host)
-        except OSError as error:
-            print(
-                f"error: cannot serve metrics on {metrics_host}:{metrics_port}: {error}",
-                file=sys.stderr,
-            )
+        server = metrics.serve(metrics_port, metrics_host)
+        if server is None:
             return 2
-        log.info("serving metrics", extra={"host": metrics_host, "port": metrics_port})
     stop = threading.Event()
     wake = threading.Event()  # set by a stop or an ingestion notification
     live = settings.worker.enable_live_updates and not once

@@ -34,6 +34,10 @@ class ObjectStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def check(self) -> None:
+        """Raise StorageError, saying why, unless the store takes files now."""
+        ...
+
     def signed_url(
         self, key: str, *, expires_at: datetime, filename: str, base_url: str | None = None
     ) -> str:

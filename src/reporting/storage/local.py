@@ -120,6 +120,13 @@ class LocalStore:
         except ValueError:
             return False
 
+    def check(self) -> None:
+        try:
+            with tempfile.TemporaryFile(dir=self.root, prefix=".check-"):
+                pass
+        except OSError as error:
+            raise StorageError(f"cannot store files under {self.root}: {error}") from error
+
     def signed_url(
         self, key: str, *, expires_at: datetime, filename: str, base_url: str | None = None
     ) -> str:
