@@ -1,12 +1,10 @@
 """The error tree; one handler renders every ReportingError as application/problem+json.
 
 ReportingError (500)
- ├── BadRequest (400)
  ├── Unauthorized (401, WWW-Authenticate: Bearer)
  ├── Forbidden (403)            also for ids outside the caller's scope, existing or not
  ├── NotFound (404)
  ├── Gone (410)
- ├── Conflict (409)
  ├── ValidationFailed (422, errors[])
  ├── TooManyRequests (429, Retry-After)
  └── ServiceUnavailable (503)
@@ -44,11 +42,6 @@ class ReportingError(Exception):
         }
 
 
-class BadRequest(ReportingError):
-    status_code = 400
-    title = "Bad Request"
-
-
 class Unauthorized(ReportingError):
     status_code = 401
     title = "Unauthorized"
@@ -67,11 +60,6 @@ class Forbidden(ReportingError):
 class NotFound(ReportingError):
     status_code = 404
     title = "Not Found"
-
-
-class Conflict(ReportingError):
-    status_code = 409
-    title = "Conflict"
 
 
 class Gone(ReportingError):

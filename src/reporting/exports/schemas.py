@@ -29,7 +29,6 @@ Locale = Literal["ru", "en"]
 ExportStatus = Literal["pending", "processing", "ready", "failed", "expired"]
 
 MAX_TOPIC_IDS = 1000
-FORMATS: tuple[Format, ...] = ("csv", "pdf", "xlsx")
 
 
 def _parse_moment(value: object) -> date | datetime:

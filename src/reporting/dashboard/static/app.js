@@ -250,17 +250,15 @@ function clearGroupView() {
 }
 
 async function loadGroup(groupId, { silent = false } = {}) {
+  // `silent`: a refresh of the group on screen (the button, a live change), which keeps it there
+  // until the new figures come (or fail); otherwise another group opens.
   const seq = ++state.loadSeq;
-  // A refresh of the group on screen keeps it there until the new figures come (or fail).
-  const refresh = !silent && state.groupId === groupId && state.group != null;
   if (!silent) {
     stopLive();
     showBanner(null);
-    if (!refresh) {
-      clearGroupView();
-      state.attentionExpanded = false;
-      $('#freshness').textContent = t('status.loading');
-    }
+    clearGroupView();
+    state.attentionExpanded = false;
+    $('#freshness').textContent = t('status.loading');
     state.groupId = groupId;
     renderGroupSelect();
     announce(t('status.loading'));
@@ -280,10 +278,9 @@ async function loadGroup(groupId, { silent = false } = {}) {
     showBanner(error);
     announce(describeError(error));
     const refused = error instanceof ApiError && [403, 404].includes(error.status);
-    if ((refresh || silent) && !refused && state.group) {
+    if (silent && !refused && state.group) {
       // The server or the network failed, not the reader's right to see the group: the figures
       // on screen stay, under the banner that says the refresh failed.
-      if (refresh && LIVE_UPDATES) startLive(groupId);
       return;
     }
     // Refused, or nothing to keep: the error and nothing of the group.
