@@ -5,7 +5,6 @@ Every browser test also checks that the page asked nothing of any other server a
 JavaScript error (`page_guard`, autouse for tests that use `page`).
 """
 
-import os
 import subprocess
 import sys
 import threading
@@ -22,8 +21,9 @@ from playwright.sync_api import Browser, BrowserType, Page, Playwright, Request,
 
 from reporting.app import create_app
 from reporting.settings import DatabaseSettings, Settings, WorkerSettings
-from tests.conftest import JWT_SECRET, make_settings
+from tests.conftest import make_settings
 from tests.dashboard import school as school_data
+from tests.ops.processes import service_env
 from tests.servers import free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -139,14 +139,11 @@ def serve(settings: Settings, db_url: str, data_dir: Path) -> Iterator[LiveServe
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the API did not start")
         time.sleep(0.02)
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "REPORTING_DATA_DIR": str(data_dir),
-        "REPORTING_JWT_SECRET": JWT_SECRET,
-        "REPORTING_LOG_JSON": "false",
-        "REPORTING_LOG_LEVEL": "WARNING",
-    }
+    env = service_env(
+        database_url=db_url,
+        data_dir=data_dir,
+        extra={"REPORTING_LOG_JSON": "false", "REPORTING_LOG_LEVEL": "WARNING"},
+    )
     if settings.storage.files_dir is not None:  # the worker writes where the API serves from
         env["REPORTING_FILES_DIR"] = str(settings.storage.files_dir)
     try:

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,13 @@ import pytest
 from reporting.ingest import files
 from reporting.ingest.schemas import ATTEMPT_FIELDS
 from tests.ingest.conftest import DIRECTORY, attempt, count
+from tests.ops.processes import service_env
 
 REPORTING = Path(sys.executable).parent / "reporting"
 
 
 def run(url: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": url, "REPORTING_LOG_JSON": "false"}
+    env = service_env(database_url=url, data_dir=None, extra={"REPORTING_LOG_JSON": "false"})
     return subprocess.run(
         [str(REPORTING), "ingest", *args],
         env=env,

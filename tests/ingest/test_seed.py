@@ -12,6 +12,7 @@ import pytest
 
 from reporting.ingest.seed import SeedError, SeedSpec, seed
 from tests.ingest.conftest import count
+from tests.ops.processes import service_env
 
 UNTIL = datetime(2026, 11, 1, 12, 30, tzinfo=UTC)
 SPEC = SeedSpec(students=300, groups=12, topics=15, levels=4, attempts=30_000, seed=7, until=UNTIL)
@@ -167,7 +168,9 @@ def test_the_console_script_seeds_once_and_then_refuses(fresh_db_url: str) -> No
         "--attempts=5000",
         "--seed=3",
     ]
-    env = {**os.environ, "DATABASE_URL": fresh_db_url, "REPORTING_LOG_JSON": "false"}
+    env = service_env(
+        database_url=fresh_db_url, data_dir=None, extra={"REPORTING_LOG_JSON": "false"}
+    )
 
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)

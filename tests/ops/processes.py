@@ -28,18 +28,21 @@ _OURS = ("REPORTING_", "OBJECT_STORAGE_", "DATABASE_URL")
 
 
 def service_env(
-    *, database_url: str | None, data_dir: Path, extra: Mapping[str, str] | None = None
+    *, database_url: str | None, data_dir: Path | None, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of a service process: the test JWT secret, JSON logs, `extra` on top."""
+    """The environment of a service process: the test JWT secret, JSON logs, `extra` on top.
+    Every process a test starts takes it, so no setting comes from the shell that runs the tests
+    (a developer's exported REPORTING_ENABLE_LIVE_UPDATES, say)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
     env.update(
         {
             "REPORTING_JWT_SECRET": JWT_SECRET,
-            "REPORTING_DATA_DIR": str(data_dir),
             "REPORTING_LOG_JSON": "true",
             "REPORTING_LOG_LEVEL": "INFO",
         }
     )
+    if data_dir is not None:
+        env["REPORTING_DATA_DIR"] = str(data_dir)
     if database_url:
         env["DATABASE_URL"] = database_url
     env.update(extra or {})

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from reporting.stats import worker as analytics_worker
 from tests.builders import Attempt, make_attempts
 from tests.db.test_priority import may_renice
+from tests.ops.processes import service_env
 from tests.stats.test_aggregate import (
     load,
     snapshot,
@@ -55,14 +56,11 @@ def _no_worker_outlives_its_test() -> Iterator[None]:
 
 
 def start(db_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
-    environ = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "REPORTING_LOG_JSON": "true",
-        "REPORTING_LOG_LEVEL": "INFO",
-        "REPORTING_WORKER_LOCK_TIMEOUT_SECS": "60",
-        **env,
-    }
+    environ = service_env(
+        database_url=db_url,
+        data_dir=None,
+        extra={"REPORTING_WORKER_LOCK_TIMEOUT_SECS": "60", **env},
+    )
     process = subprocess.Popen(
         [str(WORKER), *args],
         env=environ,
