@@ -75,6 +75,29 @@ async def test_a_repeated_event_is_counted_once(
     assert _metric(after, "duplicate") - _metric(before, "duplicate") == 3
 
 
+async def test_the_first_copy_of_an_event_repeated_in_a_batch_is_the_one_kept(
+    ingest_api: httpx.AsyncClient, service_headers: dict[str, str], fresh_db_url: str
+) -> None:
+    # Forty events, every fourth sent twice with different scores: whichever order the database
+    # meets them in, the copy kept is the first one sent.
+    firsts = [attempt(f"dd{i:02}", score=1.0) for i in range(40)]
+    repeats = [attempt(f"dd{i:02}", score=2.0) for i in range(0, 40, 4)]
+    batch = [*firsts[:20], *repeats[::2], *firsts[20:], *repeats[1::2]]
+
+    response = await ingest_api.post(
+        "/ingest/attempts", json={"attempts": batch}, headers=service_headers
+    )
+
+    assert response.json() == {"inserted": 40, "duplicates": 10}
+    with psycopg.connect(fresh_db_url) as conn:
+        scores = dict(conn.execute("SELECT event_id, score FROM attempts").fetchall())
+    first_sent: dict[str, float] = {}
+    for sent in batch:
+        first_sent.setdefault(sent["event_id"], sent["score"])
+    assert scores == first_sent
+    assert sorted(scores.values()).count(2.0) == 2  # dd24 and dd32 came first as repeats
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

@@ -2,8 +2,8 @@
 
 A batch is COPYed into a transaction-local staging table that still holds the public text ids;
 references are checked there in one query, and one INSERT ... SELECT resolves the ids to the
-directory's integer keys. `ON CONFLICT (event_id) DO NOTHING` makes a repeated event a duplicate,
-within a batch as well as across batches. Rows go in event_id order so that two batches sharing
+directory's integer keys. `ON CONFLICT (event_id) DO NOTHING` makes a repeated event a duplicate
+across batches, and within a batch only its first copy is inserted. Rows go in event_id order so that two batches sharing
 events lock them in the same order and never deadlock. Everything runs inside the caller's
 transaction: a rejected batch leaves nothing behind.
 """
@@ -62,13 +62,15 @@ _INSERT = """
 WITH inserted AS (
     INSERT INTO attempts (event_id, user_key, group_key, topic_key, task_id, is_correct, score,
                           hints_used, time_spent_ms, attempted_at)
-    SELECT s.event_id, u.key, g.key, t.key, s.task_id, s.is_correct, s.score, s.hints_used,
+    -- The first copy of an event repeated within the batch is the one kept, as across batches.
+    SELECT DISTINCT ON (s.event_id)
+           s.event_id, u.key, g.key, t.key, s.task_id, s.is_correct, s.score, s.hints_used,
            s.time_spent_ms, s.attempted_at
     FROM attempt_staging s
     JOIN users u ON u.id = s.user_id
     JOIN groups g ON g.id = s.group_id
     JOIN topics t ON t.id = s.topic_id
-    ORDER BY s.event_id
+    ORDER BY s.event_id, s.position
     ON CONFLICT (event_id) DO NOTHING
     RETURNING group_key
 )
