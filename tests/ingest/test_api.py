@@ -106,6 +106,8 @@ async def test_the_first_copy_of_an_event_repeated_in_a_batch_is_the_one_kept(
         ({"is_correct": "yes"}, "is_correct"),
         ({"hints_used": 1.5}, "hints_used"),
         ({"score": "8"}, "score"),
+        ({"score": 1e308}, "score"),  # two of them overflowed every later tick's sums
+        ({"score": -2e9}, "score"),
         ({"attempted_at": "yesterday"}, "attempted_at"),
         ({"user_id": ""}, "user_id"),
         ({"task_id": "a\u0000b"}, "task_id"),
@@ -423,3 +425,21 @@ async def test_only_service_and_admin_tokens_may_ingest(
     assert teacher.status_code == 403
     assert teacher_bad.status_code == 403
     assert admin.status_code == 200, admin.text
+
+
+def test_the_database_refuses_a_score_no_sum_could_hold_however_it_is_written(
+    fresh_db_url: str,
+) -> None:
+    with psycopg.connect(fresh_db_url) as conn:
+        keys = conn.execute(
+            "SELECT u.key, g.key, t.key FROM users u, groups g, topics t LIMIT 1"
+        ).fetchone()
+        assert keys is not None
+        insert = (
+            "INSERT INTO attempts (event_id, user_key, group_key, topic_key, task_id, is_correct,"
+            " score, hints_used, time_spent_ms, attempted_at)"
+            " VALUES (%s, %s, %s, %s, 'task', true, %s, 0, 1000, now())"
+        )
+        conn.execute(insert, ("in-range", *keys, -1e9))
+        with pytest.raises(psycopg.errors.CheckViolation, match="attempts_score_range"):
+            conn.execute(insert, ("huge", *keys, 1e308))

@@ -30,6 +30,9 @@ MAX_LISTED_ERRORS = 100
 
 _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
+# Far beyond any real score, and small enough that no sum of them can overflow (migration 0005
+# holds the database to it as well).
+MAX_ABS_SCORE = 1e9
 
 
 def _printable(value: str) -> str:
@@ -104,7 +107,7 @@ class AttemptCreate(BaseModel):
     topic_id: Id
     task_id: Id
     is_correct: bool
-    score: float = Field(allow_inf_nan=False)
+    score: float = Field(allow_inf_nan=False, ge=-MAX_ABS_SCORE, le=MAX_ABS_SCORE)
     hints_used: int = Field(ge=0, le=_INT32_MAX)
     time_spent_ms: int = Field(ge=0, le=_INT64_MAX)
     attempted_at: Timestamp
