@@ -132,6 +132,22 @@ def test_teacher_scope_sees_only_own_rows_in_every_tenant_table(
     assert {e["group_id"] for e in exports} == {own.group_id}
 
 
+def test_a_teacher_sees_their_exports_only_of_groups_still_theirs(
+    conn: psycopg.Connection, school: School
+) -> None:
+    own = school.own
+    moved = Scope(role="teacher", sub=own.teacher, group_ids=frozenset({school.foreign.group_id}))
+
+    apply_scope(conn, moved)
+
+    assert _select_all(conn, "report_exports") == []
+    # The hourly quota still counts it: it is the requester's, whatever groups the token names.
+    used = conn.execute(
+        "SELECT used FROM reporting_export_quota(%s, interval '1 hour')", (own.teacher,)
+    ).fetchone()
+    assert used == (1,)
+
+
 def test_filters_naming_foreign_rows_still_find_nothing(
     conn: psycopg.Connection, school: School
 ) -> None:

@@ -187,6 +187,25 @@ async def test_an_export_is_visible_to_its_requester_and_admins_only(
     assert (await deployment.api.get(location, headers=service)).status_code == 403
 
 
+async def test_a_teacher_no_longer_sees_exports_of_a_group_that_is_no_longer_theirs(
+    deployment: Deployment, school: School
+) -> None:
+    before = deployment.teacher([GROUP], sub="t-moved")
+    export = await deployment.produce(before, VALID)
+    location = f"/stats/exports/{export['id']}"
+    after = deployment.teacher([OTHER_GROUP], sub="t-moved")  # the same teacher, moved
+
+    refused = await deployment.api.get(location, headers=after)
+    listed = await deployment.api.get("/stats/exports", headers=after)
+
+    assert refused.status_code == 403
+    assert "download_url" not in refused.text
+    assert listed.status_code == 200 and listed.json() == []
+    # The hourly quota is the teacher's, whatever groups the token names: that export counts.
+    assert listed.headers["RateLimit-Remaining"] == "4"
+    assert (await deployment.api.get(location, headers=before)).status_code == 200
+
+
 async def test_the_list_is_an_array_newest_first_paged_by_the_link_header(
     deployment: Deployment, school: School
 ) -> None:

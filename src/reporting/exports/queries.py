@@ -123,9 +123,21 @@ async def insert_export(conn: psycopg.AsyncConnection, new: NewExport) -> Export
     return record
 
 
-async def read_export(conn: psycopg.AsyncConnection, export_id: UUID) -> ExportRecord | None:
+# A teacher's exports of the groups they still have; an admin's: everyone's (as the RLS policy).
+_VISIBLE = "(%(admin)s OR (requested_by = %(sub)s AND group_id = ANY (%(groups)s)))"
+
+
+def _visibility(scope: Scope) -> dict[str, object]:
+    return {"admin": scope.is_admin, "sub": scope.sub, "groups": sorted(scope.group_ids)}
+
+
+async def read_export(
+    conn: psycopg.AsyncConnection, scope: Scope, export_id: UUID
+) -> ExportRecord | None:
+    """The export if `scope` may see it (see _VISIBLE), else None, whether it exists or not."""
     cur = await conn.execute(
-        f"SELECT {_RECORD_COLUMNS} FROM report_exports WHERE id = %s", (export_id,)
+        f"SELECT {_RECORD_COLUMNS} FROM report_exports WHERE id = %(id)s AND {_VISIBLE}",
+        {"id": export_id, **_visibility(scope)},
     )
     row = await cur.fetchone()
     return None if row is None else _record(row)
@@ -133,23 +145,22 @@ async def read_export(conn: psycopg.AsyncConnection, export_id: UUID) -> ExportR
 
 async def list_exports(
     conn: psycopg.AsyncConnection,
+    scope: Scope,
     *,
     limit: int,
     before: tuple[datetime, UUID] | None,
 ) -> list[ExportRecord]:
-    """Visible exports (RLS: a teacher's own, an admin's all), newest first, after the cursor."""
-    if before is None:
-        cur = await conn.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM report_exports"
-            " ORDER BY created_at DESC, id DESC LIMIT %s",
-            (limit,),
-        )
-    else:
-        cur = await conn.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM report_exports WHERE (created_at, id) < (%s, %s)"
-            " ORDER BY created_at DESC, id DESC LIMIT %s",
-            (*before, limit),
-        )
+    """The exports `scope` may see (see _VISIBLE), newest first, after the cursor."""
+    after_cursor = "" if before is None else " AND (created_at, id) < (%(at)s, %(id)s)"
+    cur = await conn.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM report_exports WHERE {_VISIBLE}{after_cursor}"
+        " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
+        {
+            **_visibility(scope),
+            "limit": limit,
+            **({} if before is None else {"at": before[0], "id": before[1]}),
+        },
+    )
     return [_record(row) for row in await cur.fetchall()]
 
 

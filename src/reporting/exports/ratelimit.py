@@ -47,12 +47,9 @@ def _seconds_until(moment: datetime, now: datetime) -> int:
 
 
 async def read_quota(conn: psycopg.AsyncConnection, sub: str, *, limit: int) -> Quota:
-    """What `sub` has used of its hourly quota right now."""
-    cur = await conn.execute(
-        "SELECT count(*), min(created_at), clock_timestamp() FROM report_exports"
-        " WHERE requested_by = %s AND created_at > clock_timestamp() - %s",
-        (sub, WINDOW),
-    )
+    """What `sub` has used of its hourly quota right now: all of its exports count, also those
+    of groups its token no longer has, which the caller's scope does not see (migration 0006)."""
+    cur = await conn.execute("SELECT * FROM reporting_export_quota(%s, %s)", (sub, WINDOW))
     row = await cur.fetchone()
     assert row is not None
     used, oldest, now = int(row[0]), row[1], row[2]

@@ -85,19 +85,20 @@ async def request_export(
 async def read_export(
     context: AppContext, scope: Scope, export_id: str, *, base_url: str
 ) -> tuple[ExportRead, Quota]:
-    """One export; its requester and admins see it, anyone else gets 403 (unknown ids too)."""
+    """One export; its requester (while the group is still theirs) and admins see it, anyone
+    else gets 403 (unknown ids too)."""
     if not scope.can_read_stats:
         raise Forbidden("This token's role may not request or read exports.")
     parsed = _uuid(export_id)
     async with context.db.scoped(scope) as conn:
-        record = None if parsed is None else await queries.read_export(conn, parsed)
+        record = None if parsed is None else await queries.read_export(conn, scope, parsed)
         quota = await ratelimit.read_quota(
             conn, scope.sub, limit=context.settings.exports.rate_limit_per_hour
         )
-    if record is None or not (scope.is_admin or record.requested_by == scope.sub):
+    if record is None:
         if scope.is_admin:
             raise NotFound(f"There is no export {export_id!r}.")
-        raise Forbidden("This export is not yours.")
+        raise Forbidden("This export is not yours, or its group is no longer among your groups.")
     return _present(context, record, base_url=base_url), quota
 
 
@@ -112,12 +113,13 @@ class ExportPage:
 async def list_exports(
     context: AppContext, scope: Scope, *, limit: int, cursor: str | None, base_url: str
 ) -> tuple[ExportPage, Quota]:
-    """The caller's exports (an admin's: everyone's), newest first, `limit` at a time."""
+    """The caller's exports of their groups (an admin's: everyone's), newest first, `limit` at
+    a time."""
     if not scope.can_read_stats:
         raise Forbidden("This token's role may not request or read exports.")
     before = _decode_cursor(cursor) if cursor else None
     async with context.db.scoped(scope) as conn:
-        records = await queries.list_exports(conn, limit=limit + 1, before=before)
+        records = await queries.list_exports(conn, scope, limit=limit + 1, before=before)
         quota = await ratelimit.read_quota(
             conn, scope.sub, limit=context.settings.exports.rate_limit_per_hour
         )
