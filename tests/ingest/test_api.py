@@ -356,6 +356,47 @@ async def test_directory_upsert_updates_names_and_replaces_memberships(
     assert anna == ("Иванова-Смирнова Анна",)
 
 
+async def test_a_user_sent_without_group_ids_keeps_their_memberships(
+    ingest_api: httpx.AsyncClient, service_headers: dict[str, str], fresh_db_url: str
+) -> None:
+    # A rename only: the platform did not say anything about u-petr's groups.
+    change = {"users": [{"id": "u-petr", "display_name": "Петров Пётр Ильич"}]}
+
+    response = await ingest_api.put("/ingest/directory", json=change, headers=service_headers)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["memberships"] == 0
+    assert {g for u, g in _memberships(fresh_db_url) if u == "u-petr"} == {"g-7a", "g-7b"}
+    with psycopg.connect(fresh_db_url) as conn:
+        petr = conn.execute("SELECT display_name FROM users WHERE id = 'u-petr'").fetchone()
+    assert petr == ("Петров Пётр Ильич",)
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"groups": [{"id": "7/A", "name": "7А"}]}, ["groups", 0, "id"]),
+        ({"users": [{"id": "school/u1", "display_name": "X"}]}, ["users", 0, "id"]),
+        ({"levels": [{"id": "l/1", "name": "L"}]}, ["levels", 0, "id"]),
+        ({"topics": [{"id": "t/1", "name": "T", "level_id": "lvl-1"}]}, ["topics", 0, "id"]),
+    ],
+)
+async def test_an_entity_id_with_a_slash_is_refused_as_no_url_could_reach_it(
+    ingest_api: httpx.AsyncClient,
+    service_headers: dict[str, str],
+    fresh_db_url: str,
+    body: dict[str, Any],
+    loc: list[object],
+) -> None:
+    response = await ingest_api.put("/ingest/directory", json=body, headers=service_headers)
+
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert [e["loc"] for e in errors] == [loc]
+    assert "must not contain '/'" in errors[0]["msg"]
+    assert count(fresh_db_url, "SELECT count(*) FROM groups WHERE id LIKE '%/%'") == 0
+
+
 async def test_directory_with_unknown_references_writes_nothing(
     ingest_api: httpx.AsyncClient, service_headers: dict[str, str], fresh_db_url: str
 ) -> None:

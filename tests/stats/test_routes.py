@@ -353,6 +353,31 @@ async def test_either_etag_of_a_page_revalidates_it(
     assert again.status_code == 304
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/stats/groups/g1%00",
+        "/stats/users/u1%00",
+        "/stats/topics/t1%00",
+        "/stats/levels/l1%00",
+        "/stats/leaderboards/level/l1%00",
+        "/stats/leaderboards/global/x%00",
+        "/dashboard/api/groups/g1%00/students",
+    ],
+)
+@pytest.mark.parametrize("role", ["admin", "teacher"])
+async def test_an_id_with_a_nul_character_is_a_bad_request_not_a_server_error(
+    client: httpx.AsyncClient, make_token: TokenFactory, path: str, role: str
+) -> None:
+    response = await client.get(path, headers=_auth(make_token, role, groups=["g1"]))
+
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "NUL" in response.json()["errors"][0]["msg"]
+    # Without a token it is still the token that is missing.
+    assert (await client.get(path)).status_code == 401
+
+
 # --- invalidation -------------------------------------------------------------------------------
 
 

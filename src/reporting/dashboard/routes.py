@@ -27,6 +27,7 @@ from reporting.dashboard.schemas import (
 )
 from reporting.errors import NotFound
 from reporting.http import accepts_gzip, etag_matches
+from reporting.ids import PathId
 
 router = APIRouter(tags=["dashboard"])
 
@@ -164,7 +165,7 @@ async def dashboard_topics(scope: CurrentScope, context: Context) -> TopicCatalo
     summary="The group's students with figures and attention flags, those needing attention first",
 )
 async def dashboard_group_students(
-    group_id: str, scope: CurrentScope, context: Context
+    group_id: PathId, scope: CurrentScope, context: Context
 ) -> GroupStudents:
     async with context.db.scoped(scope) as conn:
         return await service.group_students(conn, scope, group_id, now=datetime.now(UTC))

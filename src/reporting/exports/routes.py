@@ -11,6 +11,7 @@ from reporting.auth.deps import Context, CurrentScope, get_context, get_scope
 from reporting.errors import ERROR_HEADERS_STATE, PROBLEM_JSON
 from reporting.exports import ratelimit, service
 from reporting.exports.schemas import ExportCreate, ExportRead
+from reporting.ids import PathId
 
 
 class _ExportRoute(APIRoute):
@@ -60,7 +61,7 @@ _PROBLEM: dict[str, object] = {
 }
 
 
-async def _exportable_group(group_id: str, scope: CurrentScope) -> str:
+async def _exportable_group(group_id: PathId, scope: CurrentScope) -> str:
     # A dependency, so a foreign group is refused (403) before the body is even validated.
     service.require_exporter(scope, group_id)
     return group_id

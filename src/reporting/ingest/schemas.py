@@ -1,7 +1,7 @@
 """Bodies of the ingestion routes and the attempt record that the API and the file commands share.
 
-Text fields are non-blank, bounded and free of NUL characters (PostgreSQL text cannot hold one,
-and we would rather name the field than fail in the database). A timestamp without a zone is
+Text fields are non-blank, bounded and free of NUL characters (reporting/ids.py says why); the
+ids of groups, users, levels and topics also hold no `/`. A timestamp without a zone is
 taken as UTC. Unknown fields are ignored, so the platform may send more than we store.
 """
 
@@ -18,9 +18,9 @@ from pydantic import (
     StringConstraints,
     ValidationError,
 )
-from pydantic_core import PydanticCustomError
 
 from reporting.errors import ValidationFailed
+from reporting.ids import EntityId, Id, printable
 
 MAX_BATCH = 10_000
 """Attempts per `POST /ingest/attempts` request (CONTRACT §5)."""
@@ -35,20 +35,11 @@ _INT64_MAX = 2**63 - 1
 MAX_ABS_SCORE = 1e9
 
 
-def _printable(value: str) -> str:
-    if not value.strip():
-        raise PydanticCustomError("blank_string", "must not be blank")
-    if "\x00" in value:
-        raise PydanticCustomError("nul_character", "must not contain a NUL character")
-    return value
-
-
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_printable)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_printable)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(printable)]
 Timestamp = Annotated[datetime, AfterValidator(_utc)]
 
 
@@ -56,26 +47,27 @@ Timestamp = Annotated[datetime, AfterValidator(_utc)]
 
 
 class GroupUpsert(BaseModel):
-    id: Id
+    id: EntityId
     name: Name
 
 
 class UserUpsert(BaseModel):
-    id: Id
+    id: EntityId
     display_name: Name
-    group_ids: list[Id] = Field(
-        default_factory=list, description="Replaces the user's memberships."
+    group_ids: list[Id] | None = Field(
+        default=None,
+        description="Replaces the user's memberships ([] removes them all); left out, they stay.",
     )
 
 
 class LevelUpsert(BaseModel):
-    id: Id
+    id: EntityId
     name: Name
     position: int = Field(default=0, ge=-_INT32_MAX, le=_INT32_MAX)
 
 
 class TopicUpsert(BaseModel):
-    id: Id
+    id: EntityId
     name: Name
     level_id: Id
 

@@ -160,7 +160,9 @@ async def upsert_directory(
         directory.groups,
         directory.users,
     )
-    pairs = [(u.id, g) for u in users for g in dict.fromkeys(u.group_ids)]
+    # Memberships are replaced for the users that list them; left out, they stay as they are.
+    members = [u for u in users if u.group_ids is not None]
+    pairs = [(u.id, g) for u in members for g in dict.fromkeys(u.group_ids or ())]
     # Each upsert skips unchanged rows: what it reports is what changed.
     cur = await conn.execute(
         _UPSERT_LEVELS,
@@ -186,7 +188,7 @@ async def upsert_directory(
         {
             "pair_users": [user_id for user_id, _ in pairs],
             "pair_groups": [group_id for _, group_id in pairs],
-            "users": [x.id for x in users],
+            "users": [x.id for x in members],
         },
     )
     changed.update(str(row[0]) for row in await cur.fetchall())
@@ -234,7 +236,7 @@ async def _unknown_directory_references(
     body_levels = {x.id for x in directory.levels}
     body_groups = {x.id for x in directory.groups}
     wanted_levels = {x.level_id for x in directory.topics} - body_levels
-    wanted_groups = {g for u in directory.users for g in u.group_ids} - body_groups
+    wanted_groups = {g for u in directory.users for g in u.group_ids or ()} - body_groups
     known_levels = await _existing_ids(conn, "levels", wanted_levels)
     known_groups = await _existing_ids(conn, "groups", wanted_groups)
     unknown_levels, unknown_groups = wanted_levels - known_levels, wanted_groups - known_groups
@@ -249,7 +251,7 @@ async def _unknown_directory_references(
     errors += [
         FieldError(("users", i, "group_ids", j), f"unknown group id {g!r}", "unknown_reference")
         for i, u in enumerate(directory.users)
-        for j, g in enumerate(u.group_ids)
+        for j, g in enumerate(u.group_ids or ())
         if g in unknown_groups
     ]
     return errors

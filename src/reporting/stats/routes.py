@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, Request, Response
 
 from reporting.auth.deps import CurrentCaller
 from reporting.http import accepts_gzip, etag_matches
+from reporting.ids import PathId
 from reporting.stats import events, service
 from reporting.stats.cache import CachedBody
 from reporting.stats.schemas import (
@@ -74,7 +75,7 @@ def _json(cached: CachedBody, request: Request) -> Response:
     description="Levels are ordered by position; topics by their level's position, then name. "
     "Only levels and topics with at least one attempt in the group are listed.",
 )
-async def read_group_stats(group_id: str, caller: CurrentCaller, request: Request) -> Response:
+async def read_group_stats(group_id: PathId, caller: CurrentCaller, request: Request) -> Response:
     cached = await service.read_group(
         caller.context.db,
         caller.context.stats_cache,
@@ -114,7 +115,7 @@ async def read_group_stats(group_id: str, caller: CurrentCaller, request: Reques
     "one this server process handed out (another API worker, a restart, a malformed id).",
 )
 async def follow_group_stats(
-    group_id: str,
+    group_id: PathId,
     caller: CurrentCaller,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> events.EventStream:
@@ -136,7 +137,7 @@ async def follow_group_stats(
     summary="A learner's progress summary",
     description="For a teacher, `group_ids` lists only the teacher's groups of this learner.",
 )
-async def read_user_stats(user_id: str, caller: CurrentCaller, request: Request) -> Response:
+async def read_user_stats(user_id: PathId, caller: CurrentCaller, request: Request) -> Response:
     cached = await service.read_user(
         caller.context.db,
         caller.context.stats_cache,
@@ -154,7 +155,7 @@ async def read_user_stats(user_id: str, caller: CurrentCaller, request: Request)
     summary="A topic's school-wide statistics and those of the caller's groups",
     description="`groups` is ordered by group id; a teacher sees only their own groups.",
 )
-async def read_topic_stats(topic_id: str, caller: CurrentCaller, request: Request) -> Response:
+async def read_topic_stats(topic_id: PathId, caller: CurrentCaller, request: Request) -> Response:
     cached = await service.read_topic(
         caller.context.db,
         caller.context.stats_cache,
@@ -172,7 +173,7 @@ async def read_topic_stats(topic_id: str, caller: CurrentCaller, request: Reques
     summary="A level's school-wide statistics and those of the caller's groups",
     description="`groups` is ordered by group id; a teacher sees only their own groups.",
 )
-async def read_level_stats(level_id: str, caller: CurrentCaller, request: Request) -> Response:
+async def read_level_stats(level_id: PathId, caller: CurrentCaller, request: Request) -> Response:
     cached = await service.read_level(
         caller.context.db,
         caller.context.stats_cache,
@@ -193,7 +194,7 @@ async def read_level_stats(level_id: str, caller: CurrentCaller, request: Reques
     "A scope other than global, group or level is 422.",
 )
 async def read_leaderboard(
-    scope: LeaderboardScope, scope_id: str, caller: CurrentCaller, request: Request
+    scope: LeaderboardScope, scope_id: PathId, caller: CurrentCaller, request: Request
 ) -> Response:
     context = caller.context
     cached = await service.read_leaderboard(
