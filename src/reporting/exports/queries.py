@@ -167,6 +167,18 @@ async def list_exports(
 # --- the export worker (sync, owner connection) ------------------------------------------------
 
 
+def export_record(conn: psycopg.Connection, export_id: str) -> ExportRecord | None:
+    row = conn.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM report_exports WHERE id = %s", (export_id,)
+    ).fetchone()
+    return None if row is None else _record(row)
+
+
+def group_name(conn: psycopg.Connection, group_id: str) -> str | None:
+    row = conn.execute("SELECT name FROM groups WHERE id = %s", (group_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedExport:
     """An export this worker holds the lease on; `attempt` fences its writes."""

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -42,8 +42,9 @@ from reporting.exports.render.pdf import render_pdf
 from reporting.exports.render.texts import texts_for
 from reporting.exports.render.xlsx import TooManyRows, render_xlsx
 from reporting.exports.schemas import download_filename
+from reporting.exports.service import present
 from reporting.notify import outbox
-from reporting.notify.notice import ExportNotice
+from reporting.notify.notice import ExportNotice, Failure
 from reporting.observability import request_id_var
 from reporting.settings import Settings
 from reporting.storage import (
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 UPLOAD_TRIES = 3
 UPLOAD_BACKOFF_SECS = 0.5
 SWEEP_BATCH = 100
+STORAGE_FAILED = (
+    "storage unavailable: the file could not be stored (the export worker's log says why)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +173,7 @@ def _notice(
     download_url: str | None = None,
     url_expires_at: datetime | None = None,
     error: str | None = None,
+    failure: Failure | None = None,
 ) -> ExportNotice:
     return ExportNotice(
         export_id=str(job.id),
@@ -179,6 +184,7 @@ def _notice(
         download_url=download_url,
         url_expires_at=url_expires_at,
         error=error,
+        failure=failure,
         email=job.notify.email,
         telegram_chat_id=job.notify.telegram_chat_id,
         locale=job.locale,
@@ -191,14 +197,16 @@ def _fail(
     settings: Settings,
     job: ClaimedExport,
     error: str,
+    failure: Failure,
     group_name: str | None = None,
 ) -> Outcome:
+    """Mark the export failed with `error` (what the API and the webhook say) and announce it;
+    the notice names the group as every other notice does, and says why in the reader's words."""
     with conn.transaction():
         held = queries.mark_failed(conn, job, error=error)
         if held:
-            notice = _notice(
-                job, group_name=group_name or job.group_id, status="failed", error=error
-            )
+            name = group_name or queries.group_name(conn, job.group_id) or job.group_id
+            notice = _notice(job, group_name=name, status="failed", error=error, failure=failure)
             outbox.enqueue(conn, notice, settings.notify)
     if not held:
         return Outcome(str(job.id), job.format, "lost")
@@ -223,12 +231,13 @@ def produce(
                 job,
                 f"gave up after {job.attempt - 1} attempts: the export worker stopped"
                 " each time while producing this export",
+                "worker_stopped",
             )
         group_name: str | None = None
         try:
             key = export_key(settings.storage.prefix, job.group_id, str(job.id), job.format)
         except ValueError as error:  # a group id that cannot be a storage path segment
-            return _fail(conn, settings, job, f"cannot export: {error}")
+            return _fail(conn, settings, job, f"cannot export: {error}", "internal")
         try:
             with (
                 tempfile.TemporaryDirectory(prefix="export-") as tmp,
@@ -241,11 +250,13 @@ def produce(
                     group_name = _render(conn, job, path)
                 _upload(store, key, path)
         except StorageError as error:
-            return _fail(conn, settings, job, f"storage unavailable: {error}", group_name)
+            # Where the store is and how it failed is for the operator, not for the requester.
+            log.warning("cannot store export %s: %s", job.id, error, extra=extra)
+            return _fail(conn, settings, job, STORAGE_FAILED, "storage", group_name)
         except content.GroupNotVisible as error:
-            return _fail(conn, settings, job, f"cannot export: {error}", group_name)
+            return _fail(conn, settings, job, f"cannot export: {error}", "not_visible", group_name)
         except TooManyRows as error:
-            return _fail(conn, settings, job, f"cannot export: {error}", group_name)
+            return _fail(conn, settings, job, f"cannot export: {error}", "too_large", group_name)
         except psycopg.OperationalError:
             raise  # the database is gone: the lease runs out and the export is retaken
         except Exception as error:
@@ -255,6 +266,7 @@ def produce(
                 settings,
                 job,
                 f"internal error while producing the export ({type(error).__name__})",
+                "internal",
                 group_name,
             )
         with conn.transaction():
@@ -353,10 +365,25 @@ def tick(
     return result
 
 
-def deliver_notifications(url: str, settings: Settings) -> None:
-    """Send what is due in the outbox (one batch after another until nothing is due)."""
+def deliver_notifications(url: str, settings: Settings, store: ObjectStore) -> None:
+    """Send what is due in the outbox (one batch after another until nothing is due). A ready
+    export's link is signed afresh for each attempt, as the API does for each read: a retry an
+    hour later carries a link that still works (or none, once the export has expired)."""
+    link_ttl = timedelta(hours=settings.exports.signed_url_ttl_hours)
     with connect(url, autocommit=True) as conn:
-        while outbox.deliver_due(conn, settings.notify, limit=50).attempted == 50:
+
+        def refresh(notice: ExportNotice) -> ExportNotice:
+            if notice.status != "ready":
+                return notice
+            record = queries.export_record(conn, notice.export_id)
+            if record is None:
+                return replace(notice, download_url=None, url_expires_at=None)
+            view = present(record, store, link_ttl=link_ttl, base_url=settings.exports.public_url)
+            return replace(
+                notice, download_url=view.download_url, url_expires_at=view.url_expires_at
+            )
+
+        while outbox.deliver_due(conn, settings.notify, limit=50, refresh=refresh).attempted == 50:
             pass
 
 
@@ -367,8 +394,8 @@ class _Notifier:
     """Delivers due notifications in its own thread: woken after each export, and every few
     seconds for retries. Its failures are logged and never reach the exports."""
 
-    def __init__(self, url: str, settings: Settings, interval: float) -> None:
-        self._url, self._settings, self._interval = url, settings, interval
+    def __init__(self, url: str, settings: Settings, store: ObjectStore, interval: float) -> None:
+        self._url, self._settings, self._store, self._interval = url, settings, store, interval
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name="export-notify", daemon=True)
 
@@ -388,7 +415,7 @@ class _Notifier:
             self._wake.wait(self._interval)
             self._wake.clear()
             try:
-                deliver_notifications(self._url, self._settings)
+                deliver_notifications(self._url, self._settings, self._store)
             except Exception:
                 log.exception("notification delivery failed")
             if self._stop.is_set():
@@ -470,12 +497,12 @@ def run(
         log.warning("object storage is not usable yet", extra={"error": str(error)})
     stop = threading.Event()
     poll = settings.exports.poll_seconds
-    notifier = _Notifier(url, settings, interval=min(poll, 2.0))
+    notifier = _Notifier(url, settings, store, interval=min(poll, 2.0))
     with _stop_on_signals(stop):
         if once:
             result = _counted_tick(url, settings, store, stop, notifier)
             try:
-                deliver_notifications(url, settings)
+                deliver_notifications(url, settings, store)
             except Exception:
                 log.exception("notification delivery failed")
             return 0 if result is not None and result.ok else 1

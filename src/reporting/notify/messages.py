@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC
 
-from reporting.notify.notice import ExportNotice
+from reporting.notify.notice import ExportNotice, Failure
 
 MAX_ERROR_CHARS = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -25,6 +25,7 @@ class _Words:
     try_again: str
     export_id: str
     date_format: str
+    failures: dict[Failure, str]
 
 
 _WORDS = {
@@ -34,12 +35,19 @@ _WORDS = {
         ready_lead="Отчёт по группе «{group}» в формате {format} готов.",
         failed_lead="Не удалось сформировать отчёт по группе «{group}» в формате {format}.",
         download="Скачать",
-        valid_until="Ссылка действительна до {when}.",
+        valid_until="Ссылка действительна до {when}; свежую можно получить в панели отчётов.",
         no_link="Ссылку на файл можно получить в панели отчётов.",
         reason="Причина",
         try_again="Попробуйте запросить отчёт ещё раз.",
         export_id="Номер выгрузки",
         date_format="%d.%m.%Y %H:%M UTC",
+        failures={
+            "storage": "хранилище файлов было недоступно",
+            "too_large": "таблица не помещается на один лист Excel; выберите период короче",
+            "not_visible": "группа недоступна запросившему",
+            "worker_stopped": "обработчик выгрузок несколько раз останавливался, не закончив её",
+            "internal": "внутренняя ошибка сервиса",
+        },
     ),
     "en": _Words(
         ready_subject="Report ready: {group} ({format})",
@@ -47,12 +55,19 @@ _WORDS = {
         ready_lead="The {format} report for group “{group}” is ready.",
         failed_lead="The {format} report for group “{group}” could not be produced.",
         download="Download",
-        valid_until="The link works until {when}.",
+        valid_until="The link works until {when}; get a fresh one in the reports dashboard.",
         no_link="Get the link to the file in the reports dashboard.",
         reason="Reason",
         try_again="Please request the report again.",
         export_id="Export id",
         date_format="%Y-%m-%d %H:%M UTC",
+        failures={
+            "storage": "the file store was unavailable",
+            "too_large": "the table does not fit one Excel sheet; choose a shorter period",
+            "not_visible": "the group is not visible to the requester",
+            "worker_stopped": "the export worker stopped several times before finishing it",
+            "internal": "an internal error of the service",
+        },
     ),
 }
 
@@ -62,6 +77,9 @@ def _one_line(text: str) -> str:
 
 
 def _error(notice: ExportNotice) -> str:
+    """Why, in the reader's language when the kind of failure is known."""
+    if notice.failure is not None:
+        return _WORDS[notice.locale].failures[notice.failure]
     error = (notice.error or "").strip() or "—"
     return error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + "…"
 

@@ -10,6 +10,9 @@ from typing import Literal
 Status = Literal["ready", "failed"]
 Locale = Literal["ru", "en"]
 Event = Literal["export.ready", "export.failed"]
+# Why an export failed, for the words a teacher reads (notify/messages.py); `error` is the text
+# the API and the webhook carry.
+Failure = Literal["storage", "too_large", "not_visible", "worker_stopped", "internal"]
 
 
 class DeliveryFailed(Exception):
@@ -34,6 +37,7 @@ class ExportNotice:
     download_url: str | None = None
     url_expires_at: datetime | None = None
     error: str | None = None
+    failure: Failure | None = None
     email: str | None = None
     telegram_chat_id: str | None = None
     locale: Locale = "ru"

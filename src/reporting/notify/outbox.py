@@ -9,6 +9,7 @@ REPORTING_NOTIFY_MAX_ATTEMPTS. A channel's failure is recorded in the row, never
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -128,11 +129,17 @@ def backoff_seconds(attempt: int, settings: NotifySettings, retry_after: float |
 
 
 def deliver_due(
-    conn: psycopg.Connection, settings: NotifySettings, *, limit: int = 50
+    conn: psycopg.Connection,
+    settings: NotifySettings,
+    *,
+    limit: int = 50,
+    refresh: Callable[[ExportNotice], ExportNotice] | None = None,
 ) -> DeliveryReport:
     """Send up to `limit` due notifications, each at most once in this call. Each row is
     claimed, sent and recorded in its own transaction (a savepoint if the caller has one open).
-    Raises only for database errors."""
+    `refresh` brings a notice up to date just before each attempt (a download link signed when
+    the export became ready may have expired after an hour of retries). Raises only for
+    database errors."""
     sent = retrying = gave_up = 0
     seen: list[int] = []
     with _HttpClient(settings) as http:
@@ -149,7 +156,7 @@ def deliver_due(
                 row_id, delivery_id, channel, payload, attempts = row
                 seen.append(row_id)
                 attempt = attempts + 1
-                error = _send(http, settings, channel, payload, delivery_id)
+                error = _send(http, settings, channel, payload, delivery_id, refresh)
                 if error is None:
                     conn.execute(_DELIVERED, (row_id,))
                     metrics.notifications_sent_total.labels(channel).inc()
@@ -183,6 +190,7 @@ def _send(
     channel: str,
     payload: dict[str, object],
     delivery_id: str,
+    refresh: Callable[[ExportNotice], ExportNotice] | None,
 ) -> Exception | None:
     """Deliver one row; the failure, if any, comes back instead of being raised."""
     try:
@@ -190,6 +198,8 @@ def _send(
     except (TypeError, ValueError) as error:  # a row no channel can ever send: give up
         return ValueError(f"unreadable outbox payload: {error}")
     try:
+        if refresh is not None:
+            notice = refresh(notice)
         if channel == "email":
             send_email(settings, notice, to=notice.email or "", delivery_id=delivery_id)
         elif channel == "telegram":
