@@ -25,6 +25,8 @@ from tests.servers import S3Server, http_capture, s3_bucket, s3_server, smtp_ser
 
 GROUP, OTHER_GROUP = "g-7a", "g-7b"
 GROUP_NAME, OTHER_GROUP_NAME = "7А «Математика»", "7Б"
+# One long word each: a narrow table column would break it.
+LEVEL_NAMES = {"lvl-1": "Натуральные числа", "lvl-2": "Десятичные дроби"}
 EVIL_NAME = '=HYPERLINK("http://x","y")'
 SEPTEMBER = {"from": "2026-09-01", "to": "2026-09-30"}
 
@@ -95,8 +97,8 @@ def load_school(url: str) -> School:
     with psycopg.connect(url) as conn:
         make_group(conn, GROUP, GROUP_NAME)
         make_group(conn, OTHER_GROUP, OTHER_GROUP_NAME)
-        for position, level_id in enumerate(("lvl-1", "lvl-2"), start=1):
-            make_level(conn, level_id, position)
+        for position, (level_id, name) in enumerate(LEVEL_NAMES.items(), start=1):
+            make_level(conn, level_id, position, name)
         for topic in school.topics.values():
             make_topic(conn, topic.topic_id, topic.level_id, topic.name)
         for student in school.students.values():

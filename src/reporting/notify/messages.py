@@ -43,7 +43,7 @@ _WORDS = {
         date_format="%d.%m.%Y %H:%M UTC",
         failures={
             "storage": "хранилище файлов было недоступно",
-            "too_large": "таблица не помещается на один лист Excel; выберите период короче",
+            "too_large": "таблица не помещается на один лист Excel; выгрузите отчёт в CSV",
             "not_visible": "группа недоступна запросившему",
             "worker_stopped": "обработчик выгрузок несколько раз останавливался, не закончив её",
             "internal": "внутренняя ошибка сервиса",
@@ -63,7 +63,7 @@ _WORDS = {
         date_format="%Y-%m-%d %H:%M UTC",
         failures={
             "storage": "the file store was unavailable",
-            "too_large": "the table does not fit one Excel sheet; choose a shorter period",
+            "too_large": "the table does not fit one Excel sheet; export it as CSV",
             "not_visible": "the group is not visible to the requester",
             "worker_stopped": "the export worker stopped several times before finishing it",
             "internal": "an internal error of the service",

@@ -251,7 +251,8 @@ def render_pdf(
             ]
             for t in topics
         ]
-        mm_widths = [50, 18, 19, 17, 17, 16, 23, 18]
+        # The level column holds a one-word level name whole (18 mm broke «Натуральн/ые»).
+        mm_widths = [44, 28, 17, 16, 17, 15, 23, 18]
         topic_rows[0] = [para(f"<b>{escape(h)}</b>", "cell") for h in topic_rows[0]]
         story.append(_table(topic_rows, [w * mm for w in mm_widths], text_columns=2))
 

@@ -82,7 +82,10 @@ def render_xlsx(
         )
         for r, (label, number, style) in enumerate(values, start=first + 1):
             summary.write_string(r, 0, label)
-            summary.write_number(r, 1, number, style)
+            if style is not None and not kpis.total_attempts:
+                summary.write_string(r, 1, "—")  # a mean of nothing: no data, not 0 %
+            else:
+                summary.write_number(r, 1, number, style)
 
         for c, width in enumerate(_WIDTHS):
             data.set_column(c, c, width)
