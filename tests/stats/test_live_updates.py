@@ -171,6 +171,37 @@ def test_live_an_ingested_attempt_reaches_the_stats_and_the_stream_within_second
         events.close()
 
 
+def level_attempts(teacher: httpx.Client, level_id: str) -> int | None:
+    response = teacher.get(f"/stats/levels/{level_id}")
+    assert response.status_code == 200, response.text
+    stats = response.json()["stats"]
+    return None if stats is None else int(stats["metrics"]["total_attempts"])
+
+
+@pytest.mark.parametrize("stack", [True], indirect=True, ids=["live"])
+def test_live_a_directory_change_reaches_the_stats_within_seconds(
+    stack: tuple[ServiceProcess, httpx.Client, httpx.Client, dict[str, str]],
+) -> None:
+    _, service, teacher, _ = stack
+    # A live tick first: the worker's start-up wake-up is spent, and it is listening.
+    response = service.post("/ingest/attempts", json={"attempts": [attempt("e1")]})
+    assert response.status_code == 200
+    wait_total(teacher, 2, timeout=LAG_BUDGET_SECS)
+    # T1 (with the school's attempts) moves to a new level L2: L2 now counts them, L1 none.
+    moved = {
+        "levels": [{"id": "L2", "name": "Второй", "position": 2}],
+        "topics": [{"id": "T1", "name": "Дроби", "level_id": "L2"}],
+    }
+    started = time.monotonic()
+    assert service.put("/ingest/directory", json=moved).status_code == 200
+    while (level_attempts(teacher, "L2"), level_attempts(teacher, "L1")) != (2, 0):
+        assert time.monotonic() - started < LAG_BUDGET_SECS, (
+            level_attempts(teacher, "L2"),
+            level_attempts(teacher, "L1"),
+        )
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("stack", [False], indirect=True, ids=["off"])
 def test_flag_off_nothing_changes_until_a_tick(
     stack: tuple[ServiceProcess, httpx.Client, httpx.Client, dict[str, str]], tmp_path: Path

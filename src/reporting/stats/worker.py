@@ -18,7 +18,8 @@ The loop owns everything around a tick: the schedule, the lock, metrics, logs an
   REPORTING_WORKER_NICE (db/priority.py), so the API's readers get the cores first.
 - Kind of tick: incremental (stats/incremental.py) whenever the running sums are valid, else
   full (aggregate.py), which rebuilds them; `--full` makes every tick a full one.
-- Live updates (REPORTING_ENABLE_LIVE_UPDATES): a thread LISTENs on `attempts_ingested` and wakes
+- Live updates (REPORTING_ENABLE_LIVE_UPDATES): a thread LISTENs on `attempts_ingested` (and on
+  `directory_changed`: a directory change makes the next tick a full one) and wakes
   the loop, which ticks (incrementally) once the burst has settled for LIVE_DEBOUNCE_SECS; the
   scheduled ticks go on as before. A notification lost while
   the listener reconnects costs nothing: the attempts wait in the queue for the next tick, and
@@ -210,9 +211,14 @@ def _next_turn(
         wake.wait(remaining)
 
 
+# What wakes a live worker: new attempts, and directory changes (they make the next tick full).
+DIRECTORY_CHANNEL = "directory_changed"  # sent by the database's triggers (migration 0007)
+
+
 class _IngestListener:
-    """LISTEN attempts_ingested on a connection of its own, in a daemon thread; raises
-    `pending` (and rings `wake`) for every notification and after every (re)connection."""
+    """LISTEN attempts_ingested and directory_changed on a connection of its own, in a daemon
+    thread; raises `pending` (and rings `wake`) for every notification and after every
+    (re)connection."""
 
     def __init__(self, url: str, wake: threading.Event, *, retry_secs: float = 1.0) -> None:
         self.url = url
@@ -240,13 +246,14 @@ class _IngestListener:
                     self.url, autocommit=True, application_name="reporting-worker-listener"
                 ) as conn:
                     conn.execute(f"LISTEN {INGEST_CHANNEL}")
+                    conn.execute(f"LISTEN {DIRECTORY_CHANNEL}")
                     self._ring()  # whatever came while not listening is in the queue
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0):
                             self._ring()
             except psycopg.Error as error:
                 log.warning(
-                    "attempts_ingested listener lost its connection; retrying",
+                    "the live updates' listener lost its connection; retrying",
                     extra={"error": str(error), "retry_in": self.retry_secs},
                 )
                 self._stop.wait(self.retry_secs)
