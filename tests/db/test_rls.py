@@ -68,7 +68,13 @@ def _school(conn: psycopg.Connection) -> School:
     make_topic(conn, topic_id, level_id)
     make_stat(conn, "level", level_id)
     make_stat(conn, "topic", topic_id)
-    make_leaderboard(conn, "level", level_id, [Ranking(1, f"u-own-{tag}", "x")])
+    # The foreign learner leads: a teacher of the other group sees their own at rank 2.
+    make_leaderboard(
+        conn,
+        "level",
+        level_id,
+        [Ranking(1, f"u-foreign-{tag}", "x"), Ranking(2, f"u-own-{tag}", "y")],
+    )
     own = _tenant(conn, f"own-{tag}", level_id, topic_id)
     foreign = _tenant(conn, f"foreign-{tag}", level_id, topic_id)
     shared_user = f"u-both-{tag}"
@@ -125,8 +131,18 @@ def test_teacher_scope_sees_only_own_rows_in_every_tenant_table(
         ("level", school.level_id),
         ("topic", school.topic_id),
     }
-    assert {b["scope_id"] for b in boards if b["scope"] == "group"} == {own.group_id}
-    assert ("level", school.level_id) in {(b["scope"], b["scope_id"]) for b in boards}
+    # Boards naming other groups' learners (global, level) are not rows a teacher reads whole:
+    # reporting_visible_board gives them filtered (below).
+    assert {(b["scope"], b["scope_id"]) for b in boards} == {("group", own.group_id)}
+    visible = conn.execute(
+        "SELECT rankings FROM reporting_visible_board('level', %s)", (school.level_id,)
+    ).fetchone()
+    assert visible is not None
+    assert [(r["rank"], r["user_id"]) for r in visible[0]] == [(2, own.user_id)]
+    foreign_board = conn.execute(
+        "SELECT count(*) FROM reporting_visible_board('group', %s)", (foreign.group_id,)
+    ).fetchone()
+    assert foreign_board == (0,)
     assert {s["user_id"] for s in summaries} == {own.user_id}
     assert {e["requested_by"] for e in exports} == {own.teacher}
     assert {e["group_id"] for e in exports} == {own.group_id}

@@ -232,23 +232,14 @@ async def read_level_stats(conn: Connection, scope: Scope, level_id: str) -> Lev
 # --- leaderboards ------------------------------------------------------------------------------
 
 # For a teacher, the rankings keep only learners of the teacher's groups, each with the rank it
-# has on the whole board. Expired boards are never served, even before the worker deletes them.
+# has on the whole board: the database filters them (migration 0008), so the table itself never
+# shows a teacher another group's learners. Expired boards are never served, even before the
+# worker deletes them.
 _LEADERBOARD = """
-SELECT lb.scope, lb.scope_id, lb.computed_at, lb.expires_at,
-       CASE WHEN %(all_groups)s OR lb.scope = 'group' THEN lb.rankings
-       ELSE coalesce((
-           SELECT jsonb_agg(r.entry ORDER BY r.position)
-           FROM jsonb_array_elements(lb.rankings) WITH ORDINALITY AS r (entry, position)
-           WHERE r.entry ->> 'user_id' IN (
-               SELECT u.id
-               FROM users u
-               JOIN user_groups ug ON ug.user_key = u.key
-               JOIN groups g ON g.key = ug.group_key
-               WHERE g.id = ANY (%(group_ids)s))
-       ), '[]') END AS rankings
-FROM leaderboards lb
-WHERE lb.scope = %(scope)s AND lb.scope_id = %(scope_id)s AND lb.expires_at > now()
-  AND (%(all_groups)s OR lb.scope <> 'group' OR lb.scope_id = ANY (%(group_ids)s))
+SELECT scope, scope_id, computed_at, expires_at, rankings
+FROM reporting_visible_board(%(scope)s, %(scope_id)s)
+WHERE expires_at > now()
+  AND (%(all_groups)s OR scope <> 'group' OR scope_id = ANY (%(group_ids)s))
 """
 
 
