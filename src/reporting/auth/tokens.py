@@ -82,6 +82,13 @@ class TokenVerifier:
             raise Unauthorized("The token has expired.") from None
         except jwt.InvalidTokenError as error:
             raise Unauthorized(f"The token is not valid: {error}.") from None
+        for name in ("exp", "nbf", "iat"):
+            # RFC 7519's NumericDate is a JSON number; PyJWT also takes "1796000000" (a string).
+            value = claims.get(name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise Unauthorized(f"The token is not valid: {name} must be a number.")
         scope = scope_from_claims(claims)
         self._cache[token] = (float(claims["exp"]), scope)
         if len(self._cache) > self._cache_size:
