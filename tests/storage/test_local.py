@@ -262,6 +262,11 @@ async def test_download_route_serves_signed_links(db_url: str, tmp_path: Path) -
         assert disposition.startswith("attachment;")
         assert "filename*=UTF-8''" + quote("Отчёт 7А.csv", safe="") in disposition
         assert ok.headers["cache-control"] == "private, no-store"
+        # HEAD, as download managers and link previews ask first: the headers, no body.
+        head = await api.head(link)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(len(CSV_BYTES))
+        assert head.headers["content-disposition"] == disposition
 
         tampered = link.replace("Отчёт", "Otchet").replace(quote("Отчёт"), "Otchet")
         for bad in (tampered, link.split("?")[0], link.replace("expires=", "expires=1")):
@@ -274,6 +279,7 @@ async def test_download_route_serves_signed_links(db_url: str, tmp_path: Path) -
         expired = await api.get(_hand_signed(secret, "", key, past, "r.csv"))
         assert expired.status_code == 410
         assert "expired" in expired.json()["detail"]
+        assert "GET /stats/exports/" in expired.json()["detail"]  # where a fresh link comes from
 
         outside = tmp_path / "outside.csv"
         outside.write_text("private")

@@ -336,6 +336,7 @@ def sweep_expired(conn: psycopg.Connection, store: ObjectStore) -> int:
                     log.warning("cannot delete expired export %s: %s", export_id, error)
                     continue
                 queries.mark_expired(conn, export_id)
+                log.info("export expired; its file is deleted", extra={"export_id": str(export_id)})
                 swept += 1
         if len(batch) < SWEEP_BATCH:
             return swept

@@ -160,7 +160,9 @@ class LocalStore:
         if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise Forbidden("The link's signature is not valid.")
         if int(expires) <= (now or datetime.now(UTC)).timestamp():
-            raise Gone("The link has expired; ask for the export again to get a fresh one.")
+            raise Gone(
+                "The link has expired; read the export again (GET /stats/exports/{id}) for a fresh one."
+            )
         try:
             path = self.path_for(key)
         except ValueError:

@@ -14,6 +14,8 @@ router = APIRouter(tags=["files"])
 _PROBLEM: dict[str, object] = {"description": "A problem+json error", "content": {PROBLEM_JSON: {}}}
 
 
+# HEAD too: download managers and link previews ask it first (the same answer, no body).
+@router.head("/files/{key:path}", include_in_schema=False)
 @router.get(
     "/files/{key:path}",
     summary="Download an exported file through a signed link",
