@@ -8,7 +8,8 @@ import httpx
 import psycopg
 import pytest
 
-from reporting.ingest.copy import NOTIFY_CHANNEL, notify_payloads
+from reporting.db.channels import ATTEMPTS_INGESTED
+from reporting.ingest.copy import notify_payloads
 from tests.conftest import TokenFactory
 from tests.ingest.conftest import DIRECTORY, attempt, count
 
@@ -259,7 +260,7 @@ async def test_new_attempts_notify_their_groups_at_commit(
     ingest_api: httpx.AsyncClient, service_headers: dict[str, str], fresh_db_url: str
 ) -> None:
     with psycopg.connect(fresh_db_url, autocommit=True) as listener:
-        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        listener.execute(f"LISTEN {ATTEMPTS_INGESTED}")
         await ingest_api.post(
             "/ingest/attempts",
             json={

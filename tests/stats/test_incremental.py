@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
+from reporting.db.channels import STATS_CHANGED
 from reporting.db.schema import alembic_config
 from reporting.settings import Settings
 from reporting.stats import aggregate, incremental, state, worker
-from reporting.stats.cache import CHANNEL
 from tests.builders import Attempt, make_attempts, make_level, make_topic, make_user
 from tests.stats import kpi_reference as ref
 from tests.stats.test_aggregate import close, load, schools, tie_school, worker_settings
@@ -408,7 +408,7 @@ def test_a_tick_names_the_groups_it_changed(db: psycopg.Connection, fresh_db_url
     fresh_load(db, tie_school())
     aggregate.tick(db, settings)
     with psycopg.connect(fresh_db_url, autocommit=True) as listener:
-        listener.execute(f"LISTEN {CHANNEL}")
+        listener.execute(f"LISTEN {STATS_CHANGED}")
         idle = tick_incrementally(db, settings)
         assert idle.tick_id == 0 and idle.attempts == 0
         assert list(listener.notifies(timeout=0.5)) == []  # nothing new: no notification

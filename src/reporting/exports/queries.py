@@ -14,6 +14,7 @@ from uuid import UUID
 import psycopg
 
 from reporting.auth.scope import Role, Scope
+from reporting.db import channels
 from reporting.exports.schemas import (
     ExportFilters,
     ExportStatus,
@@ -119,7 +120,7 @@ async def insert_export(conn: psycopg.AsyncConnection, new: NewExport) -> Export
     row = await cur.fetchone()
     assert row is not None
     record = _record(row)
-    await conn.execute("SELECT pg_notify('exports_pending', %s)", (str(record.id),))
+    await conn.execute("SELECT pg_notify(%s, %s)", (channels.EXPORTS_PENDING, str(record.id)))
     return record
 
 

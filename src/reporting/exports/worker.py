@@ -34,6 +34,7 @@ from typing import Literal
 import psycopg
 
 from reporting import metrics
+from reporting.db import channels
 from reporting.db.engine import apply_scope, connect
 from reporting.exports import content, queries
 from reporting.exports.queries import ClaimedExport
@@ -513,7 +514,7 @@ def run(
             while not stop.is_set():
                 try:
                     with connect(url, autocommit=True) as listener:
-                        listener.execute("LISTEN exports_pending")
+                        listener.execute(f"LISTEN {channels.EXPORTS_PENDING}")
                         while not stop.is_set():
                             _counted_tick(url, settings, store, stop, notifier)
                             _wait_for_work(listener, stop, poll)

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from reporting.db import channels
 from reporting.ingest.schemas import AttemptCreate
-
-NOTIFY_CHANNEL = "attempts_ingested"
-"""Payload `{"group_ids": [...]}`: the groups that received new attempts (sent at commit)."""
 
 # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more: larger sets go out in several.
 _NOTIFY_MAX_BYTES = 7_000
@@ -148,7 +146,7 @@ async def insert_staged(conn: psycopg.AsyncConnection) -> Inserted:
 async def notify_ingested(conn: psycopg.AsyncConnection, group_ids: Iterable[str]) -> None:
     """NOTIFY attempts_ingested with the groups that changed; delivered when the caller commits."""
     for payload in notify_payloads(group_ids):
-        await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
+        await conn.execute("SELECT pg_notify(%s, %s)", (channels.ATTEMPTS_INGESTED, payload))
 
 
 def notify_payloads(group_ids: Iterable[str]) -> list[str]:

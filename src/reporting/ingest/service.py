@@ -14,6 +14,7 @@ from psycopg import sql
 
 from reporting import metrics
 from reporting.auth.scope import SYSTEM
+from reporting.db import channels
 from reporting.db.engine import Database
 from reporting.ingest import copy
 from reporting.ingest.schemas import (
@@ -26,7 +27,6 @@ from reporting.ingest.schemas import (
     bad_entries_detail,
     bad_indexes,
 )
-from reporting.stats.cache import CHANNEL as STATS_CHANNEL
 from reporting.stats.cache import change_payload
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ async def upsert_directory(
         # their open dashboards are told to reload, without waiting for the next tick. Level and
         # topic names are on every group's page: everything.
         payload = change_payload(None if catalog else sorted(changed), tick_id=None)
-        await conn.execute("SELECT pg_notify(%s, %s)", (STATS_CHANNEL, payload))
+        await conn.execute("SELECT pg_notify(%s, %s)", (channels.STATS_CHANGED, payload))
     return DirectoryCounts(
         groups=len(groups),
         users=len(users),

@@ -57,10 +57,11 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from reporting.db import channels
 from reporting.db.priority import lower_backend_priority
 from reporting.settings import Settings
 from reporting.stats import state
-from reporting.stats.cache import CHANNEL, change_payload
+from reporting.stats.cache import change_payload
 from reporting.stats.state import HALVES, state_tables
 
 log = logging.getLogger(__name__)
@@ -837,7 +838,7 @@ def _swap(conn: psycopg.Connection, stage: _Stage, settings: Settings, result: T
         )
         conn.execute(
             "SELECT pg_notify(%s, %s)",
-            (CHANNEL, change_payload(None, tick_id=result.tick_id)),
+            (channels.STATS_CHANGED, change_payload(None, tick_id=result.tick_id)),
         )
 
 

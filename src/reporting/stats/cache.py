@@ -44,11 +44,11 @@ from dataclasses import dataclass
 
 import psycopg
 
+from reporting.db import channels
 from reporting.errors import ReportingError
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "stats_changed"
 LISTENER_APPLICATION_NAME = "reporting-stats-listener"
 
 
@@ -371,7 +371,7 @@ class StatsChangeListener:
                 async with await psycopg.AsyncConnection.connect(
                     self.url, autocommit=True, application_name=LISTENER_APPLICATION_NAME
                 ) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(f"LISTEN {channels.STATS_CHANGED}")
                     self.connects += 1
                     # Whatever changed while we were not listening is unknown: start empty.
                     self.cache.activate()

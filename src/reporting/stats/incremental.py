@@ -33,10 +33,11 @@ from typing import LiteralString
 import psycopg
 from psycopg import sql
 
+from reporting.db import channels
 from reporting.settings import Settings
 from reporting.stats import aggregate, state
 from reporting.stats.aggregate import TickResult
-from reporting.stats.cache import CHANNEL, change_payload
+from reporting.stats.cache import change_payload
 
 log = logging.getLogger(__name__)
 
@@ -581,7 +582,7 @@ def _record_success(conn: psycopg.Connection, result: TickResult) -> int:
 
 def _notify(conn: psycopg.Connection, tick_id: int, group_ids: list[str] | None) -> None:
     payload = change_payload(group_ids, tick_id=tick_id, mode="incremental")
-    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+    conn.execute("SELECT pg_notify(%s, %s)", (channels.STATS_CHANGED, payload))
 
 
 def _record_error(conn: psycopg.Connection, error: BaseException) -> None:

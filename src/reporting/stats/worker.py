@@ -38,8 +38,8 @@ from types import FrameType
 import psycopg
 
 from reporting import metrics
+from reporting.db import channels
 from reporting.db.priority import lower_backend_priority
-from reporting.ingest.copy import NOTIFY_CHANNEL as INGEST_CHANNEL
 from reporting.settings import Settings
 from reporting.stats import aggregate, incremental
 from reporting.stats.aggregate import TickResult
@@ -211,10 +211,6 @@ def _next_turn(
         wake.wait(remaining)
 
 
-# What wakes a live worker: new attempts, and directory changes (they make the next tick full).
-DIRECTORY_CHANNEL = "directory_changed"  # sent by the database's triggers (migration 0007)
-
-
 class _IngestListener:
     """LISTEN attempts_ingested and directory_changed on a connection of its own, in a daemon
     thread; raises `pending` (and rings `wake`) for every notification and after every
@@ -245,8 +241,8 @@ class _IngestListener:
                 with psycopg.connect(
                     self.url, autocommit=True, application_name="reporting-worker-listener"
                 ) as conn:
-                    conn.execute(f"LISTEN {INGEST_CHANNEL}")
-                    conn.execute(f"LISTEN {DIRECTORY_CHANNEL}")
+                    conn.execute(f"LISTEN {channels.ATTEMPTS_INGESTED}")
+                    conn.execute(f"LISTEN {channels.DIRECTORY_CHANGED}")
                     self._ring()  # whatever came while not listening is in the queue
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0):

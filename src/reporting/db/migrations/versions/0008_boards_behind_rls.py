@@ -20,7 +20,8 @@ depends_on = None
 UPGRADE = """
 DROP POLICY scoped ON leaderboards;
 CREATE POLICY scoped ON leaderboards FOR SELECT
-    USING (reporting_scope_is_admin() OR (scope = 'group' AND scope_id = ANY (reporting_scope_groups())));
+    USING (reporting_scope_is_admin()
+           OR (scope = 'group' AND scope_id = ANY (reporting_scope_groups())));
 
 CREATE FUNCTION reporting_visible_board(board_scope text, board_id text)
 RETURNS TABLE (scope text, scope_id text, computed_at timestamptz, expires_at timestamptz,
@@ -45,7 +46,8 @@ DOWNGRADE = """
 DROP FUNCTION reporting_visible_board(text, text);
 DROP POLICY scoped ON leaderboards;
 CREATE POLICY scoped ON leaderboards FOR SELECT
-    USING (reporting_scope_is_admin() OR scope <> 'group' OR scope_id = ANY (reporting_scope_groups()));
+    USING (reporting_scope_is_admin() OR scope <> 'group'
+           OR scope_id = ANY (reporting_scope_groups()));
 """
 
 
