@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 
 from reporting.settings import Settings, WorkerSettings
 from reporting.stats import aggregate
+from reporting.stats.ticks import TickResult
 from tests.builders import Attempt, make_attempts, make_group, make_level, make_topic, make_user
 from tests.conftest import make_settings
 from tests.stats import kpi_reference as ref
@@ -81,7 +82,7 @@ def read_progress(conn: psycopg.Connection) -> list[dict[str, object]]:
 
 
 def assert_matches_reference(
-    conn: psycopg.Connection, school: ref.School, result: aggregate.TickResult, size: int
+    conn: psycopg.Connection, school: ref.School, result: TickResult, size: int
 ) -> None:
     stats = read_stats(conn)
     expected_stats = ref.materialized_stats(school)
@@ -389,7 +390,7 @@ def test_readers_see_the_old_tick_until_the_swap_commits(
             assert snapshot(reader) == before
         hold_commit.rollback()
         ticking.join(timeout=30)
-    assert len(outcome) == 1 and isinstance(outcome[0], aggregate.TickResult), outcome
+    assert len(outcome) == 1 and isinstance(outcome[0], TickResult), outcome
     assert snapshot(db) != before
     board = db.execute("SELECT rankings FROM leaderboards WHERE scope = 'global'").fetchone()
     assert board is not None and board[0][0]["user_id"] == "u4"

@@ -19,6 +19,7 @@ from reporting.db.channels import STATS_CHANGED
 from reporting.db.schema import alembic_config
 from reporting.settings import Settings
 from reporting.stats import aggregate, incremental, state, worker
+from reporting.stats.ticks import TickResult
 from tests.builders import Attempt, make_attempts, make_level, make_topic, make_user
 from tests.stats import kpi_reference as ref
 from tests.stats.test_aggregate import close, load, schools, tie_school, worker_settings
@@ -74,7 +75,7 @@ def documents(conn: psycopg.Connection) -> dict[str, tuple[str, str, str]]:
 
 def assert_a_full_recompute_agrees(
     conn: psycopg.Connection, settings: Settings, *, same_text: bool = False
-) -> aggregate.TickResult:
+) -> TickResult:
     """Run a full tick over what the incremental ticks produced; every record must stay (and,
     with `same_text`, every progress document byte for byte: sums that are exact in any order,
     such as dyadic scores, print the same)."""
@@ -97,7 +98,7 @@ def fresh_load(conn: psycopg.Connection, school: ref.School) -> None:
     conn.execute("TRUNCATE attempt_queue")  # `load` truncates attempts, which queues nothing
 
 
-def tick_incrementally(conn: psycopg.Connection, settings: Settings) -> aggregate.TickResult:
+def tick_incrementally(conn: psycopg.Connection, settings: Settings) -> TickResult:
     result = incremental.tick(conn, settings)
     assert result is not None, "the running sums should be valid here"
     assert result.mode == "incremental"

@@ -42,14 +42,13 @@ Choices the contract leaves open:
   directory get a summary and a place on a board.
 """
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import LiteralString, TypeVar
 
@@ -60,9 +59,10 @@ from psycopg.pq import TransactionStatus
 from reporting.db import channels
 from reporting.db.priority import lower_backend_priority
 from reporting.settings import Settings
-from reporting.stats import state
+from reporting.stats import state, ticks
 from reporting.stats.cache import change_payload
 from reporting.stats.state import HALVES, state_tables
+from reporting.stats.ticks import TickResult
 
 log = logging.getLogger(__name__)
 
@@ -92,25 +92,6 @@ _SESSION_SETTINGS: Mapping[str, str] = {
 
 T = TypeVar("T")
 U = TypeVar("U")
-
-
-@dataclass(frozen=True, slots=True)
-class TickResult:
-    """What one successful tick wrote; `durations` are seconds per phase."""
-
-    tick_id: int
-    computed_at: datetime
-    attempts: int
-    users_with_attempts: int
-    stats: dict[str, int]
-    leaderboards: int
-    progress_summaries: int
-    durations: dict[str, float] = field(default_factory=dict)
-    mode: str = "full"  # or "incremental" (stats/incremental.py): then the counts are what changed
-
-    @property
-    def seconds(self) -> float:
-        return sum(self.durations.values())
 
 
 # --- staging ----------------------------------------------------------------------------------
@@ -539,16 +520,16 @@ def tick(conn: psycopg.Connection, settings: Settings) -> TickResult:
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("tick() needs a connection outside any transaction")
-    tick_id = _begin(conn)
+    tick_id = ticks.begin_full(conn)
     stage = _Stage(tick_id)
     durations: dict[str, float] = {}
     try:
-        with timed(durations, "setup"), conn.transaction():
+        with ticks.timed(durations, "setup"), conn.transaction():
             _create_stage(conn, stage)
         with _helper_connection(conn, settings) as helper:
-            with timed(durations, "per_user"):
+            with ticks.timed(durations, "per_user"):
                 computed_at = _per_user_phase(conn, helper, stage, settings)
-            with timed(durations, "scopes"):
+            with ticks.timed(durations, "scopes"):
                 _scope_phase(conn, helper, stage, settings)
         with conn.transaction():
             _use_stage(conn, stage.shared)
@@ -563,10 +544,10 @@ def tick(conn: psycopg.Connection, settings: Settings) -> TickResult:
             progress_summaries=counts.progress,
             durations=durations,
         )
-        with timed(durations, "swap"):
+        with ticks.timed(durations, "swap"):
             _swap(conn, stage, settings, result)
     except BaseException as error:
-        _record_error(conn, tick_id, error)
+        ticks.record_failure(conn, error, mode="full", tick_id=tick_id)
         raise
     finally:
         _drop_stage(conn, stage)
@@ -600,11 +581,7 @@ def discard_abandoned(conn: psycopg.Connection) -> int:
         ]
         for schema in schemas:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-        closed = conn.execute(
-            "UPDATE worker_ticks SET status = 'error', finished_at = clock_timestamp(),"
-            " error = 'abandoned: the worker stopped before the tick finished'"
-            " WHERE status = 'running'"
-        ).rowcount
+        closed = ticks.close_abandoned(conn)
     if schemas or closed:
         log.warning(
             "discarded an abandoned tick",
@@ -641,17 +618,6 @@ class _Counts:
     stats: dict[str, int]
     leaderboards: int
     progress: int
-
-
-def _begin(conn: psycopg.Connection) -> int:
-    with conn.transaction():
-        row = conn.execute(
-            "INSERT INTO worker_ticks (started_at, status, details)"
-            " VALUES (clock_timestamp(), 'running', %s) RETURNING id",
-            (json.dumps({"mode": "full", "backend_pid": conn.info.backend_pid}),),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def _create_stage(conn: psycopg.Connection, stage: _Stage) -> None:
@@ -827,15 +793,7 @@ def _swap(conn: psycopg.Connection, stage: _Stage, settings: Settings, result: T
         started = time.perf_counter()
         _install_state(conn, stage, settings.worker.leaderboard_size)
         _log_step("install state", started)
-        details = _details(result)
-        conn.execute(
-            "UPDATE worker_ticks SET status = 'success', finished_at = clock_timestamp(),"
-            " details = details || %s::jsonb"
-            " || jsonb_build_object('durations', %s::jsonb || jsonb_build_object("
-            "     'swap', extract(epoch FROM clock_timestamp() - now())::float8))"
-            " WHERE id = %s",
-            (json.dumps(details), json.dumps(result.durations), result.tick_id),
-        )
+        ticks.finish_full(conn, result)
         conn.execute(
             "SELECT pg_notify(%s, %s)",
             (channels.STATS_CHANGED, change_payload(None, tick_id=result.tick_id)),
@@ -876,35 +834,6 @@ def _install_state(conn: psycopg.Connection, stage: _Stage, leaderboard_size: in
     )
 
 
-def _details(result: TickResult) -> dict[str, object]:
-    return {
-        "attempts": result.attempts,
-        "users_with_attempts": result.users_with_attempts,
-        "materialized_stats": result.stats,
-        "leaderboards": result.leaderboards,
-        "progress_summary": result.progress_summaries,
-        "computed_at": result.computed_at.isoformat(),
-    }
-
-
-def _record_error(conn: psycopg.Connection, tick_id: int, error: BaseException) -> None:
-    message = f"{type(error).__name__}: {error}".strip()[:2000]
-    try:
-        if conn.info.transaction_status != TransactionStatus.IDLE:
-            conn.rollback()
-        with conn.transaction():
-            conn.execute(
-                "UPDATE worker_ticks SET status = 'error', finished_at = clock_timestamp(),"
-                " error = %s WHERE id = %s",
-                (message, tick_id),
-            )
-    except psycopg.Error as failure:
-        # The connection itself may be gone; the next worker run closes the tick as abandoned.
-        log.warning(
-            "could not record the failed tick", extra={"tick_id": tick_id, "error": str(failure)}
-        )
-
-
 def _drop_stage(conn: psycopg.Connection, stage: _Stage) -> None:
     try:
         if conn.info.transaction_status != TransactionStatus.IDLE:
@@ -942,15 +871,6 @@ def _helper_connection(
 def _log_step(name: str, started: float, **extra: object) -> None:
     seconds = round(time.perf_counter() - started, 3)
     log.debug("tick step", extra={"step": name, "seconds": seconds, **extra})
-
-
-@contextmanager
-def timed(durations: dict[str, float], name: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        durations[name] = round(time.perf_counter() - started, 3)
 
 
 def _in_parallel(

@@ -23,7 +23,6 @@ they agree with a full recompute to ~1e-15 relative, not bit for bit; counts agr
 `reporting-worker --full` recomputes everything and rebuilds the sums.
 """
 
-import json
 import logging
 from dataclasses import replace
 from datetime import datetime
@@ -35,9 +34,9 @@ from psycopg import sql
 
 from reporting.db import channels
 from reporting.settings import Settings
-from reporting.stats import aggregate, state
-from reporting.stats.aggregate import TickResult
+from reporting.stats import aggregate, state, ticks
 from reporting.stats.cache import change_payload
+from reporting.stats.ticks import TickResult
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +461,7 @@ def tick(conn: psycopg.Connection, settings: Settings) -> TickResult | None:
                 return None
             return _fold(conn, settings, durations)
     except BaseException as error:
-        _record_error(conn, error)
+        ticks.record_failure(conn, error, mode="incremental")
         raise
 
 
@@ -473,7 +472,7 @@ def _fold(conn: psycopg.Connection, settings: Settings, durations: dict[str, flo
         "SELECT set_config('lock_timeout', %s, true)",
         (f"{int(settings.worker.lock_timeout_secs * 1000)}ms",),
     )
-    step = partial(aggregate.timed, durations)
+    step = partial(ticks.timed, durations)
     with step("queue"):
         conn.execute(_TEMP_TABLES)
         taken = conn.execute(_TAKE_QUEUE).rowcount
@@ -532,7 +531,7 @@ def _fold(conn: psycopg.Connection, settings: Settings, durations: dict[str, flo
     if taken == 0 and boards == 0:
         # Nothing changed: no tick row, no notification (live ticks may come every second).
         return result
-    tick_id = _record_success(conn, result)
+    tick_id = ticks.record_incremental(conn, result)
     _notify(conn, tick_id, list(group_ids))
     return replace(result, tick_id=tick_id)
 
@@ -560,42 +559,6 @@ def _board_candidates() -> sql.Composed:
     )
 
 
-def _record_success(conn: psycopg.Connection, result: TickResult) -> int:
-    details = {
-        "mode": "incremental",
-        "attempts": result.attempts,
-        "users_with_attempts": result.users_with_attempts,
-        "materialized_stats": result.stats,
-        "leaderboards": result.leaderboards,
-        "progress_summary": result.progress_summaries,
-        "computed_at": result.computed_at.isoformat(),
-        "durations": result.durations,
-    }
-    row = conn.execute(
-        "INSERT INTO worker_ticks (started_at, finished_at, status, details)"
-        " VALUES (now(), clock_timestamp(), 'success', %s) RETURNING id",
-        (json.dumps(details),),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 def _notify(conn: psycopg.Connection, tick_id: int, group_ids: list[str] | None) -> None:
     payload = change_payload(group_ids, tick_id=tick_id, mode="incremental")
     conn.execute("SELECT pg_notify(%s, %s)", (channels.STATS_CHANGED, payload))
-
-
-def _record_error(conn: psycopg.Connection, error: BaseException) -> None:
-    message = f"{type(error).__name__}: {error}".strip()[:2000]
-    try:
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            conn.rollback()
-        with conn.transaction():
-            conn.execute(
-                "INSERT INTO worker_ticks (started_at, finished_at, status, details, error)"
-                " VALUES (clock_timestamp(), clock_timestamp(), 'error',"
-                ' \'{"mode": "incremental"}\', %s)',
-                (message,),
-            )
-    except psycopg.Error as failure:
-        log.warning("could not record the failed incremental tick", extra={"error": str(failure)})

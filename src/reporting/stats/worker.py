@@ -41,8 +41,8 @@ from reporting import metrics
 from reporting.db import channels
 from reporting.db.priority import lower_backend_priority
 from reporting.settings import Settings
-from reporting.stats import aggregate, incremental
-from reporting.stats.aggregate import TickResult
+from reporting.stats import aggregate, incremental, ticks
+from reporting.stats.ticks import TickResult
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def run_once(
             if not _try_lock(conn):
                 metrics.reporting_worker_skipped_ticks_total.inc()
                 if record_skip:
-                    _record_skip(conn)
+                    ticks.record_skip(conn)
                     log.info("tick skipped: another analytics worker holds the lock")
                 return Outcome.SKIPPED
             # The lock is held until this connection closes.
@@ -258,14 +258,6 @@ class _IngestListener:
 def _try_lock(conn: psycopg.Connection) -> bool:
     row = conn.execute("SELECT pg_try_advisory_lock(%s)", (WORKER_LOCK,)).fetchone()
     return bool(row and row[0])
-
-
-def _record_skip(conn: psycopg.Connection) -> None:
-    conn.execute(
-        "INSERT INTO worker_ticks (started_at, finished_at, status, details)"
-        " VALUES (clock_timestamp(), clock_timestamp(), 'skipped',"
-        ' \'{"reason": "another analytics worker holds the lock"}\')'
-    )
 
 
 @contextmanager
