@@ -1,6 +1,7 @@
 import re
 
 import httpx
+import psycopg
 
 
 async def test_healthz_needs_no_token(api: httpx.AsyncClient) -> None:
@@ -13,6 +14,18 @@ async def test_readyz_reports_current_schema(api: httpx.AsyncClient) -> None:
     response = await api.get("/readyz")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ready"
+
+
+async def test_readyz_names_a_schema_not_migrated_rather_than_an_unreachable_database(
+    api: httpx.AsyncClient, db_url: str
+) -> None:
+    with psycopg.connect(db_url) as conn:
+        conn.execute("DROP TABLE alembic_version")
+
+    response = await api.get("/readyz")
+
+    assert response.status_code == 503
+    assert "run `reporting migrate`" in response.json()["detail"]
 
 
 async def test_metrics_exposes_request_counters_by_route_template(api: httpx.AsyncClient) -> None:

@@ -1,6 +1,7 @@
 """create_app(settings) -> FastAPI: the API's composition root."""
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,8 @@ from reporting.settings import Settings
 from reporting.stats.cache import StatsChangeListener
 from reporting.stats.events import StatsEventHub, closed_on_exit_signals
 from reporting.storage import build_store
+
+log = logging.getLogger(__name__)
 
 
 def _demo_tokens(settings: Settings) -> list[dict[str, str]]:
@@ -83,15 +86,14 @@ def create_app(settings: Settings, *, url: str | None = None) -> FastAPI:
         context: AppContext = app.state.context
         try:
             async with context.db.pool.connection(timeout=2) as conn:
-                row = await (
-                    await conn.execute("SELECT version_num FROM alembic_version")
-                ).fetchone()
+                revision = await schema.current_revision(conn)
         except Exception as error:
+            log.warning("not ready: the database is not reachable", extra={"error": str(error)})
             raise ServiceUnavailable(
                 f"The database is not reachable: {type(error).__name__}."
             ) from None
         head = schema.head_revision()
-        if row is None or row[0] != head:
+        if revision != head:
             raise ServiceUnavailable(
                 f"The schema is not current (expected {head}); run `reporting migrate`."
             )

@@ -1,7 +1,9 @@
 """The schema lives in Alembic migrations (db/migrations); this module runs and checks them."""
 
+from functools import cache
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -29,7 +31,18 @@ def upgrade(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
+@cache  # the migrations on disk do not change while the process runs; /readyz asks often
 def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
     assert head is not None
     return head
+
+
+async def current_revision(conn: psycopg.AsyncConnection) -> str | None:
+    """The revision the database's schema is at; None before the first migration."""
+    try:
+        cur = await conn.execute("SELECT version_num FROM alembic_version")
+    except psycopg.errors.UndefinedTable:
+        return None
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
