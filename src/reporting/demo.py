@@ -106,7 +106,10 @@ def run(*, host: str, port: int, students: int, secret: str) -> int:
     env.setdefault("REPORTING_WORKER_INTERVAL_SECS", "300")
     # A first look shows attempts arriving within seconds, unless the environment or .env says
     # otherwise (the service's own default stays off, CONTRACT §4).
-    if "enable_live_updates" not in settings.worker.model_fields_set:
+    live = True
+    if "enable_live_updates" in settings.worker.model_fields_set:
+        live = settings.worker.enable_live_updates  # as the children will read it
+    else:
         env["REPORTING_ENABLE_LIVE_UPDATES"] = "true"
     env.setdefault("REPORTING_PUBLIC_URL", f"http://{host}:{port}")
     tokens = _demo_tokens(settings.auth, teacher_groups)
@@ -143,7 +146,7 @@ def run(*, host: str, port: int, students: int, secret: str) -> int:
             settings.database.data_dir,
             secret_file=_secret_file(settings.database.data_dir, secret),
             embedded=not settings.database.url,
-            live=env.get("REPORTING_ENABLE_LIVE_UPDATES", "").lower() in ("1", "true", "yes", "on"),
+            live=live,
         )
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
