@@ -42,7 +42,6 @@ from reporting.exports.render.csv import render_csv
 from reporting.exports.render.pdf import render_pdf
 from reporting.exports.render.texts import texts_for
 from reporting.exports.render.xlsx import TooManyRows, render_xlsx
-from reporting.exports.schemas import download_filename
 from reporting.exports.service import present
 from reporting.notify import outbox
 from reporting.notify.notice import ExportNotice, Failure
@@ -54,7 +53,6 @@ from reporting.storage import (
     build_store,
     content_type_for,
     export_key,
-    link_expires_at,
 )
 
 log = logging.getLogger(__name__)
@@ -275,11 +273,9 @@ def produce(
                 conn, job, storage_key=key, ttl_hours=settings.exports.ttl_hours
             )
             if expires_at is not None:
-                outbox.enqueue(
-                    conn,
-                    _ready_notice(settings, store, job, group_name, key, expires_at),
-                    settings.notify,
-                )
+                # Without a link: each delivery signs its own (deliver_notifications).
+                notice = _notice(job, group_name=group_name, status="ready")
+                outbox.enqueue(conn, notice, settings.notify)
         if expires_at is None:
             log.warning("export %s was taken over by another worker", job.id, extra=extra)
             return Outcome(str(job.id), job.format, "lost")
@@ -290,35 +286,6 @@ def produce(
         return Outcome(str(job.id), job.format, "ready")
     finally:
         request_id_var.reset(token)
-
-
-def _ready_notice(
-    settings: Settings,
-    store: ObjectStore,
-    job: ClaimedExport,
-    group_name: str,
-    key: str,
-    expires_at: datetime,
-) -> ExportNotice:
-    ttl = timedelta(hours=settings.exports.signed_url_ttl_hours)
-    try:
-        url_expires_at = link_expires_at(expires_at, ttl)
-        download_url = store.signed_url(
-            key,
-            expires_at=expires_at,
-            filename=download_filename(job.group_id, job.filters, job.format),
-            base_url=settings.exports.public_url,
-        )
-    except (ValueError, StorageError) as error:  # the notice still goes out, without a link
-        log.warning("cannot sign a link for export %s: %s", job.id, error)
-        url_expires_at, download_url = None, None
-    return _notice(
-        job,
-        group_name=group_name,
-        status="ready",
-        download_url=download_url,
-        url_expires_at=url_expires_at,
-    )
 
 
 # --- a round -----------------------------------------------------------------------------------
@@ -380,7 +347,13 @@ def deliver_notifications(url: str, settings: Settings, store: ObjectStore) -> N
             record = queries.export_record(conn, notice.export_id)
             if record is None:
                 return replace(notice, download_url=None, url_expires_at=None)
-            view = present(record, store, link_ttl=link_ttl, base_url=settings.exports.public_url)
+            try:
+                view = present(
+                    record, store, link_ttl=link_ttl, base_url=settings.exports.public_url
+                )
+            except StorageError as error:  # the notice still goes out, without a link
+                log.warning("cannot sign a link for export %s: %s", record.id, error)
+                return replace(notice, download_url=None, url_expires_at=None)
             return replace(
                 notice, download_url=view.download_url, url_expires_at=view.url_expires_at
             )

@@ -3,9 +3,9 @@
 A batch is COPYed into a transaction-local staging table that still holds the public text ids;
 references are checked there in one query, and one INSERT ... SELECT resolves the ids to the
 directory's integer keys. `ON CONFLICT (event_id) DO NOTHING` makes a repeated event a duplicate
-across batches, and within a batch only its first copy is inserted. Rows go in event_id order so that two batches sharing
-events lock them in the same order and never deadlock. Everything runs inside the caller's
-transaction: a rejected batch leaves nothing behind.
+across batches, and within a batch only its first copy is inserted. Rows go in event_id order so
+that two batches sharing events lock them in the same order and never deadlock. Everything runs
+inside the caller's transaction: a rejected batch leaves nothing behind.
 """
 
 import json

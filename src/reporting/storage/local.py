@@ -161,7 +161,8 @@ class LocalStore:
             raise Forbidden("The link's signature is not valid.")
         if int(expires) <= (now or datetime.now(UTC)).timestamp():
             raise Gone(
-                "The link has expired; read the export again (GET /stats/exports/{id}) for a fresh one."
+                "The link has expired; read the export again (GET /stats/exports/{id})"
+                " for a fresh one."
             )
         try:
             path = self.path_for(key)

@@ -111,7 +111,8 @@ class S3Store:
         return True
 
     def check(self) -> None:
-        """Raise StorageError unless the bucket is reachable and ours (the export worker checks at start)."""
+        """Raise StorageError unless the bucket is reachable and ours (the export worker checks
+        at start)."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as error:
