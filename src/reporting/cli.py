@@ -329,6 +329,7 @@ def reporting_worker(argv: Sequence[str] | None = None) -> int:
 def export_worker(argv: Sequence[str] | None = None) -> int:
     from reporting.exports import worker
 
+    _exit_on_sigterm()  # until worker.run takes over the signals (e.g. during migrations)
     args = _worker_parser("export-worker", "the export worker").parse_args(argv)
     settings = _settings(require_jwt=False)
     url = _migrated_url(settings)

@@ -1,9 +1,10 @@
 """The real `export-worker` console script as processes: two workers share the queue without
 producing anything twice; a worker killed mid-export is replaced after its lease; SIGTERM
-finishes the export in hand and exits 0."""
+finishes the export in hand and exits 0, and a second SIGTERM abandons it to the next worker."""
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -14,9 +15,16 @@ import psycopg
 import pytest
 
 from reporting.settings import ExportSettings
-from tests.exports.conftest import SEPTEMBER, Deployment, DeploymentFactory, School, rows_of
+from tests.exports.conftest import (
+    GROUP,
+    SEPTEMBER,
+    Deployment,
+    DeploymentFactory,
+    School,
+    rows_of,
+)
 from tests.ops.processes import BIN, run_once, service_env, start_export_worker
-from tests.servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, S3Server
+from tests.servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, S3Server, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -173,6 +181,68 @@ async def test_a_killed_worker_is_replaced_after_its_lease_and_sigterm_finishes_
         export = (await deployment.api.get(f"/stats/exports/{export_id}", headers=admin)).json()
         content = (await deployment.download(export["download_url"])).content
     assert content.startswith(b"PK")  # a zip: the workbook
+
+
+async def test_a_second_sigterm_abandons_the_export_in_hand_and_it_is_taken_again(
+    make_deployment: DeploymentFactory, school: School, tmp_path: Path
+) -> None:
+    async with make_deployment("s3") as deployment:
+        env = _env(
+            deployment,
+            tmp_path,
+            REPORTING_EXPORT_LEASE_SECS="2",
+            REPORTING_EXPORT_POLL_SECS="0.5",
+            # A channel on, so the export's last transaction queues a notice in the outbox.
+            REPORTING_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/hook",
+            REPORTING_WEBHOOK_SECRET="hook-secret",
+        )
+        with (
+            psycopg.connect(deployment.url) as blocker,
+            psycopg.connect(deployment.url, autocommit=True) as watcher,
+        ):
+            # The export is produced and uploaded, then its "ready" transaction waits here.
+            blocker.execute("LOCK TABLE notification_outbox IN SHARE MODE")
+            worker = start_export_worker(env, tmp_path, name="export-worker-interrupted")
+            try:
+                response = await deployment.request(deployment.teacher(), BODY)
+                export_id = response.json()["id"]
+                await asyncio.to_thread(
+                    _wait,
+                    lambda: (
+                        watcher.execute(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                            " AND query LIKE '%INSERT INTO notification_outbox%'"
+                        ).fetchone()
+                        == (1,)
+                    ),
+                    30,
+                    "the export's last transaction to wait for the outbox",
+                )
+                worker.process.send_signal(signal.SIGTERM)
+                time.sleep(0.5)
+                assert worker.process.poll() is None  # finishing the export in hand
+                worker.process.send_signal(signal.SIGTERM)
+                code = worker.terminate(timeout=10)  # while the lock is still held
+            finally:
+                worker.kill()  # only if the test failed before it stopped
+            assert _status(deployment.url, export_id) == ("processing", 1)
+        assert code == 0, worker.tail()
+        assert any(
+            str(record.get("msg", "")).startswith("export worker stopped by a second signal")
+            for record in worker.log_records()
+        ), worker.tail()
+
+        second = start_export_worker(env, tmp_path, name="export-worker-second")
+        try:
+            await asyncio.to_thread(
+                _wait,
+                lambda: _status(deployment.url, export_id) == ("ready", 2),
+                30,
+                "the retake once the lease ran out",
+            )
+        finally:
+            assert second.terminate() == 0
+    assert deployment.objects() == [f"reports/exports/{GROUP}/{export_id}.csv"]
 
 
 async def test_once_produces_what_is_pending_and_exits_zero(

@@ -15,25 +15,23 @@
   separate thread delivers them, so a slow or broken channel never holds up an export.
 
 `tick()` does one round (sweep, then every claimable export); `run()` is the loop around it:
-metrics, signals (SIGTERM finishes the export in hand, then exits 0), `--once`.
+metrics, signals (reporting/shutdown.py: SIGTERM finishes the export in hand, then exits 0; a
+second signal abandons it, and it is taken again once its lease runs out), `--once`.
 """
 
 import logging
-import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Literal
 
 import psycopg
 
-from reporting import metrics
+from reporting import metrics, shutdown
 from reporting.db import channels
 from reporting.db.engine import apply_scope, connect
 from reporting.exports import content, queries
@@ -383,7 +381,8 @@ class _Notifier:
     def stop(self, timeout: float) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def _loop(self) -> None:
         while True:
@@ -395,20 +394,6 @@ class _Notifier:
                 log.exception("notification delivery failed")
             if self._stop.is_set():
                 return
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: finishing the export in hand, then exiting", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _counted_tick(
@@ -471,30 +456,45 @@ def run(
         # Not fatal: the store may come up later, and each export says why it failed meanwhile.
         log.warning("object storage is not usable yet", extra={"error": str(error)})
     stop = threading.Event()
-    poll = settings.exports.poll_seconds
-    notifier = _Notifier(url, settings, store, interval=min(poll, 2.0))
-    with _stop_on_signals(stop):
-        if once:
-            result = _counted_tick(url, settings, store, stop, notifier)
-            try:
-                deliver_notifications(url, settings, store)
-            except Exception:
-                log.exception("notification delivery failed")
-            return 0 if result is not None and result.ok else 1
-        notifier.start()
-        log.info("export worker started")
-        try:
-            while not stop.is_set():
+    notifier = _Notifier(url, settings, store, interval=min(settings.exports.poll_seconds, 2.0))
+    interrupted = False
+    try:
+        with shutdown.stop_on_signals(stop, finishing="the export"):
+            if once:
+                result = _counted_tick(url, settings, store, stop, notifier)
                 try:
-                    with connect(url, autocommit=True) as listener:
-                        listener.execute(f"LISTEN {channels.EXPORTS_PENDING}")
-                        while not stop.is_set():
-                            _counted_tick(url, settings, store, stop, notifier)
-                            _wait_for_work(listener, stop, poll)
-                except psycopg.OperationalError as error:
-                    log.warning("database connection lost (%s); retrying in 1 s", error)
-                    stop.wait(1)
-        finally:
-            notifier.stop(timeout=10)
+                    deliver_notifications(url, settings, store)
+                except Exception:
+                    log.exception("notification delivery failed")
+                return 0 if result is not None and result.ok else 1
+            notifier.start()
+            log.info("export worker started")
+            _loop(url, settings, store, stop, notifier)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning(
+            "export worker stopped by a second signal; an export it was producing is taken"
+            " again once its lease runs out"
+        )
+        return 1 if once else 0
+    finally:
+        # After a second signal, a delivery in progress is not waited for either: the outbox
+        # keeps its row, and the next worker sends it (at least once).
+        notifier.stop(timeout=0 if interrupted else 10)
     log.info("export worker stopped")
     return 0
+
+
+def _loop(
+    url: str, settings: Settings, store: ObjectStore, stop: threading.Event, notifier: _Notifier
+) -> None:
+    while not stop.is_set():
+        try:
+            with connect(url, autocommit=True) as listener:
+                listener.execute(f"LISTEN {channels.EXPORTS_PENDING}")
+                while not stop.is_set():
+                    _counted_tick(url, settings, store, stop, notifier)
+                    _wait_for_work(listener, stop, settings.exports.poll_seconds)
+        except psycopg.OperationalError as error:
+            log.warning("database connection lost (%s); retrying in 1 s", error)
+            stop.wait(1)

@@ -8,10 +8,9 @@ The loop owns everything around a tick: the schedule, the lock, metrics, logs an
   blocks the others; the next one to get the lock discards what the dead one left.
 - Failures: a failed tick changed nothing (its transaction rolled back); it is recorded in
   worker_ticks, counted, logged with its traceback and retried at the next turn.
-- Signals: the first SIGTERM or SIGINT stops the loop between ticks; a tick in progress is let
-  finish (seconds at most), so its work is not wasted. A second signal cancels that tick at once:
-  its statement is cancelled and it rolls back, leaving the previous results in place. Either
-  way the process exits normally, so the embedded PostgreSQL is released (NOTES.md).
+- Signals (reporting/shutdown.py): the first SIGTERM or SIGINT stops the loop between ticks; a
+  tick in progress is let finish (seconds at most), so its work is not wasted. A second signal
+  cancels that tick at once: it rolls back, leaving the previous results in place.
 - Exit code: 0 after a stop by signal; with `--once`, 0 when the tick succeeded or was skipped
   because another worker was computing, 1 when it failed.
 - CPU priority: when PostgreSQL runs on this machine, the tick's backends run at niceness
@@ -27,17 +26,13 @@ The loop owns everything around a tick: the schedule, the lock, metrics, logs an
 """
 
 import logging
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
-from types import FrameType
 
 import psycopg
 
-from reporting import metrics
+from reporting import metrics, shutdown
 from reporting.db import channels
 from reporting.db.priority import lower_backend_priority
 from reporting.settings import Settings
@@ -87,7 +82,7 @@ def run(
     )
     listener = _IngestListener(url, wake) if live else None
     try:
-        with _signals_stop(stop, wake):
+        with shutdown.stop_on_signals(stop, finishing="the tick", wake=wake.set):
             if listener is not None:
                 listener.start()
             next_at = time.monotonic()
@@ -258,26 +253,3 @@ class _IngestListener:
 def _try_lock(conn: psycopg.Connection) -> bool:
     row = conn.execute("SELECT pg_try_advisory_lock(%s)", (WORKER_LOCK,)).fetchone()
     return bool(row and row[0])
-
-
-@contextmanager
-def _signals_stop(stop: threading.Event, wake: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT: the first sets `stop` (and rings `wake`); a second raises
-    KeyboardInterrupt, which psycopg turns into a cancel of the running statement."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        log.info(
-            "stopping after the current tick (send the signal again to cancel it)",
-            extra={"signal": signal.Signals(signum).name},
-        )
-        stop.set()
-        wake.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
