@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit, urlunsplit
 
+from reporting.locales import LOCALES
 from reporting.settings import Settings, SettingsError, load_settings
 
 
@@ -274,7 +275,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True)
     token.add_argument("--ttl", type=_positive_int, default=3600, help="seconds (> 0)")
     token.add_argument("--email")
-    token.add_argument("--locale", choices=["ru", "en"])
+    token.add_argument("--locale", choices=LOCALES)
     token.set_defaults(func=cmd_token)
 
     demo = sub.add_parser("demo", help="embedded database, demo school, API and both workers")

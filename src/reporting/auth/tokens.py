@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from reporting.auth.scope import Scope
 from reporting.errors import Unauthorized
+from reporting.locales import LOCALES
 from reporting.settings import AuthSettings
 
 ROLES = ("admin", "teacher", "service")
-LOCALES = ("ru", "en")
 
 
 def _algorithm_and_key(settings: AuthSettings) -> tuple[str, Any]:

@@ -15,13 +15,8 @@ import psycopg
 
 from reporting.auth.scope import Role, Scope
 from reporting.db import channels
-from reporting.exports.schemas import (
-    ExportFilters,
-    ExportStatus,
-    Format,
-    Locale,
-    NotifyTarget,
-)
+from reporting.exports.schemas import ExportFilters, ExportStatus, Format, NotifyTarget
+from reporting.locales import Locale
 
 
 @dataclass(frozen=True, slots=True)

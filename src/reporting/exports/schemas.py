@@ -24,8 +24,9 @@ from pydantic import (
     model_validator,
 )
 
+from reporting.locales import Locale
+
 Format = Literal["csv", "pdf", "xlsx"]
-Locale = Literal["ru", "en"]
 ExportStatus = Literal["pending", "processing", "ready", "failed", "expired"]
 
 MAX_TOPIC_IDS = 1000

@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from reporting.locales import DEFAULT_LOCALE, LOCALES, Locale
+
 Status = Literal["ready", "failed"]
-Locale = Literal["ru", "en"]
 Event = Literal["export.ready", "export.failed"]
 # Why an export failed, for the words a teacher reads (notify/messages.py); `error` is the text
 # the API and the webhook carry.
@@ -40,7 +41,7 @@ class ExportNotice:
     failure: Failure | None = None
     email: str | None = None
     telegram_chat_id: str | None = None
-    locale: Locale = "ru"
+    locale: Locale = DEFAULT_LOCALE
     request_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -48,8 +49,8 @@ class ExportNotice:
             object.__setattr__(self, "export_id", str(self.export_id))
         if self.status not in ("ready", "failed"):
             raise ValueError(f"status must be 'ready' or 'failed', not {self.status!r}")
-        if self.locale not in ("ru", "en"):
-            raise ValueError(f"locale must be 'ru' or 'en', not {self.locale!r}")
+        if self.locale not in LOCALES:
+            raise ValueError(f"locale must be one of {LOCALES}, not {self.locale!r}")
         if self.url_expires_at is not None and self.url_expires_at.tzinfo is None:
             raise ValueError("url_expires_at must be timezone-aware")
 

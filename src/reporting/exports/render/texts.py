@@ -4,7 +4,8 @@ locale-dependent formats (decimal comma in Russian)."""
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from reporting.exports.schemas import Locale, Period
+from reporting.exports.schemas import Period
+from reporting.locales import Locale
 
 
 @dataclass(frozen=True, slots=True)
