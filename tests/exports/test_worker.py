@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from reporting.db.engine import connect
-from reporting.exports import queries, worker
+from reporting.exports import queries
+from reporting.exports.produce import produce
 from reporting.settings import ExportSettings, StorageSettings
 from tests.exports.conftest import (
     GROUP,
@@ -71,7 +72,7 @@ async def test_a_worker_that_lost_its_lease_cannot_finish_the_export_twice(
         result = await asyncio.to_thread(deployment.run_worker)
         assert (result.ready, result.failed) == (1, 0)
         # The stale worker wakes up and finishes: its writes are fenced off.
-        outcome = worker.produce(conn, deployment.url, settings, deployment.store, stale)
+        outcome = produce(conn, deployment.url, settings, deployment.store, stale)
     assert outcome.status == "lost"
     status, _, attempts, key, _ = _status(deployment.url, export_id)
     assert (status, attempts) == ("ready", 2)
