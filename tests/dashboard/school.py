@@ -13,6 +13,7 @@ import psycopg
 
 from tests import builders
 from tests.builders import Attempt, Ranking
+from tests.kpis import metrics
 
 # Named so that alphabetical order is not course order (the levels table keeps course order).
 LEVELS = {"L1": ("Первый уровень", 1), "L2": ("Второй уровень", 2)}
@@ -150,23 +151,6 @@ class _Tally:
             "avg_time_seconds": self.time_ms / 1000 / self.attempts,
             **ids,
         }
-
-
-def metrics(attempts: list[Attempt]) -> dict[str, float]:
-    """The KPIs of one scope, exactly as CONTRACT §2 defines them."""
-    per_user: dict[str, _Tally] = defaultdict(_Tally)
-    for a in attempts:
-        per_user[a.user_id].add(a)
-    users = list(per_user.values())
-    return {
-        "total_attempts": len(attempts),
-        "total_users": len(users),
-        "avg_accuracy": sum(u.correct / u.attempts for u in users) / len(users),
-        "avg_score": sum(u.score for u in users) / len(users),
-        "hint_usage_rate": sum(a.hints_used > 0 for a in attempts) / len(attempts),
-        "avg_hints": sum(a.hints_used for a in attempts) / len(attempts),
-        "avg_time_seconds": sum(a.time_spent_ms for a in attempts) / 1000 / len(attempts),
-    }
 
 
 def rankings(attempts: list[Attempt]) -> list[Ranking]:

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from tests.builders import Attempt
+from tests.kpis import metrics
 
 
 @dataclass(frozen=True)
@@ -134,27 +135,7 @@ def expected_rows(
 
 def expected_kpis(chosen: list[Attempt]) -> ExpectedKpis:
     """CONTRACT §2 over one set of attempts."""
-    per_user: dict[str, list[Attempt]] = {}
-    for a in chosen:
-        per_user.setdefault(a.user_id, []).append(a)
-    n = len(chosen)
-    return ExpectedKpis(
-        total_attempts=n,
-        total_users=len(per_user),
-        avg_accuracy=(
-            sum(sum(a.is_correct for a in xs) / len(xs) for xs in per_user.values()) / len(per_user)
-            if per_user
-            else 0.0
-        ),
-        avg_score=(
-            sum(math.fsum(a.score for a in xs) for xs in per_user.values()) / len(per_user)
-            if per_user
-            else 0.0
-        ),
-        hint_usage_rate=sum(1 for a in chosen if a.hints_used > 0) / n if n else 0.0,
-        avg_hints=sum(a.hints_used for a in chosen) / n if n else 0.0,
-        avg_time_seconds=math.fsum(a.time_spent_ms / 1000 for a in chosen) / n if n else 0.0,
-    )
+    return ExpectedKpis(**metrics(chosen))  # type: ignore[arg-type]  # the counts are ints
 
 
 def iso_z(moment: datetime) -> str:

@@ -25,6 +25,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import httpx
@@ -33,6 +34,7 @@ import pytest
 from pypdf import PdfReader
 
 from tests.conftest import TokenFactory
+from tests.kpis import metrics
 from tests.ops import processes
 from tests.ops.processes import ServiceProcess
 from tests.servers import S3Server, SmtpServer
@@ -67,22 +69,8 @@ class School:
     attempts: list[dict[str, Any]]
 
     def group_kpis(self, group_id: str) -> dict[str, float]:
-        """CONTRACT §2's KPIs of one group, computed here from the raw attempts."""
-        rows = [a for a in self.attempts if a["group_id"] == group_id]
-        per_user: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            per_user.setdefault(row["user_id"], []).append(row)
-        return {
-            "total_attempts": len(rows),
-            "total_users": len(per_user),
-            "avg_accuracy": sum(
-                sum(a["is_correct"] for a in user) / len(user) for user in per_user.values()
-            )
-            / len(per_user),
-            "avg_score": sum(sum(a["score"] for a in user) for user in per_user.values())
-            / len(per_user),
-            "hint_usage_rate": sum(a["hints_used"] > 0 for a in rows) / len(rows),
-        }
+        """CONTRACT §2's KPIs of one group, computed here from the raw attempts sent."""
+        return metrics([SimpleNamespace(**a) for a in self.attempts if a["group_id"] == group_id])
 
 
 def make_school() -> School:

@@ -12,18 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tests.builders import Attempt
+from tests.kpis import metrics
 
-METRIC_KEYS = frozenset(
-    {
-        "total_attempts",
-        "total_users",
-        "avg_accuracy",
-        "avg_score",
-        "hint_usage_rate",
-        "avg_hints",
-        "avg_time_seconds",
-    }
-)
 PROGRESS_KEYS = frozenset(
     {"attempts", "correct", "accuracy", "score", "hints_used", "avg_time_seconds"}
 )
@@ -89,24 +79,6 @@ def _by_user(attempts: Iterable[Attempt]) -> dict[str, list[Attempt]]:
     for attempt in attempts:
         users[attempt.user_id].append(attempt)
     return users
-
-
-def metrics(attempts: list[Attempt]) -> dict[str, float]:
-    """The KPI table of CONTRACT §2 for one scope's attempts; 0 / 0.0 for an empty scope."""
-    if not attempts:
-        return {key: 0.0 for key in METRIC_KEYS}
-    users = _by_user(attempts)
-    n = len(attempts)
-    return {
-        "total_attempts": n,
-        "total_users": len(users),
-        "avg_accuracy": sum(sum(a.is_correct for a in mine) / len(mine) for mine in users.values())
-        / len(users),
-        "avg_score": sum(sum(a.score for a in mine) for mine in users.values()) / len(users),
-        "hint_usage_rate": sum(1 for a in attempts if a.hints_used > 0) / n,
-        "avg_hints": sum(a.hints_used for a in attempts) / n,
-        "avg_time_seconds": sum(a.time_spent_ms / 1000 for a in attempts) / n,
-    }
 
 
 def materialized_stats(school: School) -> dict[tuple[str, str], StatRow]:

@@ -18,6 +18,7 @@ from reporting.stats import aggregate
 from reporting.stats.ticks import TickResult
 from tests.builders import Attempt, make_attempts, make_group, make_level, make_topic, make_user
 from tests.conftest import make_settings
+from tests.kpis import METRIC_KEYS
 from tests.stats import kpi_reference as ref
 
 # --- fixtures and helpers -------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def assert_matches_reference(
         key = (str(row["type"]), str(row["entity_id"]))
         assert row["group_id"] == expected_stats[key].group_id, key
         assert row["computed_at"] == result.computed_at
-        assert isinstance(row["metrics"], dict) and set(row["metrics"]) == ref.METRIC_KEYS
+        assert isinstance(row["metrics"], dict) and set(row["metrics"]) == METRIC_KEYS
         close(row["metrics"], expected_stats[key].metrics, f"{key}")
 
     boards = read_boards(conn)
@@ -275,7 +276,7 @@ def test_scopes_without_attempts_get_zero_rows_and_empty_boards(
     load(db, school)
     result = aggregate.tick(db, worker_settings(fresh_db_url))
     assert_matches_reference(db, school, result, 100)
-    zero = dict.fromkeys(ref.METRIC_KEYS, 0)
+    zero = dict.fromkeys(METRIC_KEYS, 0)
     for entity in [("group", "g-empty"), ("level", "l-empty"), ("topic", "t-empty")]:
         row = db.execute(
             "SELECT metrics FROM materialized_stats WHERE type = %s AND entity_id = %s", entity

@@ -37,16 +37,8 @@ from tests.builders import (
     stat_metrics,
 )
 from tests.conftest import TokenFactory, api_client, make_settings
+from tests.kpis import METRIC_KEYS
 
-METRIC_KEYS = {
-    "total_attempts",
-    "total_users",
-    "avg_accuracy",
-    "avg_score",
-    "hint_usage_rate",
-    "avg_hints",
-    "avg_time_seconds",
-}
 STAT_KEYS = {"type", "entity_id", "metrics", "computed_at"}
 BOARD_KEYS = {"scope", "scope_id", "rankings", "computed_at", "expires_at"}
 RANKING_KEYS = {"rank", "user_id", "display_name", "score", "accuracy", "attempts"}
