@@ -4,6 +4,7 @@ The real API and a real `export-worker` process produce the files."""
 
 import csv
 import io
+import json
 import re
 import subprocess
 from collections import Counter
@@ -99,7 +100,7 @@ def test_filters_change_what_is_exported_and_the_download_reflects_them(
     # The list keeps both, newest first, with what each covered.
     summaries = page.locator("#export-list .export-summary").all_inner_texts()
     assert summaries[0].startswith("CSV · все темы")
-    assert summaries[1].startswith("CSV · тем: 1")
+    assert summaries[1].startswith("CSV · 1 тема")
     page.locator("section[aria-labelledby=export-title]").screenshot(
         path=str(artifacts_dir / "dashboard-export.png")
     )
@@ -136,7 +137,7 @@ def test_the_fifth_export_in_an_hour_spends_the_quota_and_the_button_waits(
     quota = page.locator("#export-quota")
     status = page.locator("#export-status")
     submit = page.locator("#export-submit")
-    expect(quota).to_have_text("Осталось выгрузок в этом часе: 5 из 5.")
+    expect(quota).to_have_text("Осталось выгрузок на этот час: 5 из 5.")
     # The page's polls of each export are held until the five are requested: the export worker
     # runs, and an earlier export announced ready would replace the request's own notice.
     held: list[Route] = []
@@ -153,7 +154,7 @@ def test_the_fifth_export_in_an_hour_spends_the_quota_and_the_button_waits(
         submit.click()
         expect(page.locator("#export-list .export-item")).to_have_count(made)
         expect(status).to_have_text("Отчёт CSV поставлен в очередь.")
-        expect(quota).to_have_text(f"Осталось выгрузок в этом часе: {5 - made} из 5.")
+        expect(quota).to_have_text(f"Осталось выгрузок на этот час: {5 - made} из 5.")
         expect(submit).to_be_enabled()
 
     # The fifth spends the quota: the button waits, and the status says until when.
@@ -185,7 +186,7 @@ def test_a_quota_spent_elsewhere_gets_the_rate_limit_message(
     sign_in(page, live_server, token)
     wait_for_group(page, "7А класс")
     quota = page.locator("#export-quota")
-    expect(quota).to_have_text("Осталось выгрузок в этом часе: 5 из 5.")
+    expect(quota).to_have_text("Осталось выгрузок на этот час: 5 из 5.")
     # Another tab (or a script) of the same teacher spends the hour's five meanwhile.
     exports_url = live_server.url(f"/stats/groups/{TEACHER_GROUPS[0]}/export")
     body = {"topic_ids": [], "period": {"from": "2026-01-01", "to": "2026-01-31"}, "format": "csv"}
@@ -201,10 +202,10 @@ def test_a_quota_spent_elsewhere_gets_the_rate_limit_message(
         )
         expect(page.locator("#export-submit")).to_be_disabled()
         expect(quota).to_have_text("Лимит выгрузок на этот час исчерпан.")
-        # Nothing was created by the refused request.
+        # Nothing was created by the refused request; the list shows the five made elsewhere.
         mine = client.get(live_server.url("/stats/exports")).json()
         assert len(mine) == 5
-    expect(page.locator("#export-list .export-item")).to_have_count(0)
+    expect(page.locator("#export-list .export-item")).to_have_count(5)
 
 
 def test_bad_filters_get_a_clear_message_and_no_request(
@@ -245,4 +246,54 @@ def test_a_refused_export_says_so(
     page.locator("#export-submit").click()
     expect(page.locator("#export-status")).to_contain_text("Ошибка 403")
     expect(page.locator("#export-status")).to_contain_text("Нет доступа")
+    expect(page.locator("#export-list .export-item")).to_have_count(0)
+
+
+def test_signing_out_leaves_nothing_of_the_previous_teacher_in_the_export_panel(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    """Two teachers of the same groups, one after the other in one tab (no reload between)."""
+    first = make_token("teacher", groups=TEACHER_GROUPS, sub="t-leaving")
+    sign_in(page, live_server, first)
+    wait_for_group(page, "7А класс")
+    exports_url = live_server.url(f"/stats/groups/{TEACHER_GROUPS[0]}/export")
+    body = {"topic_ids": [], "period": {"from": "2026-01-01", "to": "2026-01-31"}, "format": "csv"}
+    with httpx.Client(headers={"Authorization": f"Bearer {first}"}) as client:
+        assert [client.post(exports_url, json=body).status_code for _ in range(5)] == [202] * 5
+    page.locator("#export-submit").click()  # a 429: the panel lists the five and waits
+    expect(page.locator("#export-list .export-item")).to_have_count(5)
+    expect(page.locator("#export-submit")).to_be_disabled()
+
+    page.locator("#sign-out").click()
+    page.locator("#token-input").fill(make_token("teacher", groups=TEACHER_GROUPS, sub="t-next"))
+    page.locator("#signin-form button[type=submit]").click()
+    wait_for_group(page, "7А класс")
+    expect(page.locator("#export-quota")).to_have_text("Осталось выгрузок на этот час: 5 из 5.")
+    expect(page.locator("#export-list")).to_have_text("Выгрузок пока нет.")
+    expect(page.locator("#export-list a.download")).to_have_count(0)
+    expect(page.locator("#export-submit")).to_be_enabled()
+    expect(page.locator("#export-status")).not_to_contain_text("Лимит")
+
+
+def test_a_request_the_server_refuses_is_explained_in_the_readers_language(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    def unknown_format(route: Route) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        route.continue_(post_data=json.dumps({**body, "format": "docx"}))
+
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS, sub="t-refused-422"))
+    wait_for_group(page, "7А класс")
+    status = page.locator("#export-status")
+    # Years the API does not take are caught before anything is sent.
+    page.locator("#period-from").fill("0001-01-01")
+    page.locator("#export-submit").click()
+    expect(status).to_have_text("Даты периода — с 1970 по 9998 год.")
+
+    page.locator("#period-from").fill("2026-01-01")
+    page.route("**/stats/groups/g-a/export", unknown_format)
+    page.locator("#export-submit").click()
+    expect(status).to_have_text("Проверьте фильтры: формат")
+    page.locator('[data-lang="en"]').click()
+    expect(status).to_have_text("Check the filters: format")
     expect(page.locator("#export-list .export-item")).to_have_count(0)

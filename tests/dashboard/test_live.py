@@ -81,11 +81,19 @@ def test_numbers_refresh_when_the_server_says_they_changed(
     assert kpi(page, "attempts") == "200"
     assert page_reads() == reads
 
+    # A keyboard reader on a leaderboard row keeps their place through the redraw.
+    focused = page.locator("#leaderboard button.link-button").nth(2)
+    focused.focus()
+    focus_key = focused.get_attribute("data-focus-key")
+    assert focus_key
+
     with psycopg.connect(live_server.db_url) as conn:
         notify_changed(conn, ["g-a"])
     expect(page.locator('[data-kpi="attempts"] .kpi-value')).to_have_text("201")
     expect(page.locator("#status")).to_have_text("Данные группы обновились.")
     assert page_reads() == reads + 1
+    expect(page.locator("#attention-list li").first).to_be_visible()  # the students came too
+    assert page.evaluate("document.activeElement.dataset.focusKey") == focus_key
     # That read follows a change: it asks the API not to serve its previous copy; the first
     # load did not need to.
     page_requests = [r for r in requests if urlsplit(r.url).path == PAGE_PATH]

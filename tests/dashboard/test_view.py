@@ -4,8 +4,10 @@ attention, the student drill-down, sorting by keyboard, the language switch, nar
 import re
 from pathlib import Path
 
+import psycopg
 from playwright.sync_api import Page, Route, expect
 
+from tests import builders
 from tests.conftest import TokenFactory
 from tests.dashboard.conftest import LiveServer, PageGuard
 from tests.dashboard.pages import kpi, sign_in, wait_for_group
@@ -144,8 +146,11 @@ def test_student_drill_down_compares_with_the_group(
     expect(dialog).to_be_visible()
     expect(page.locator("#student-title")).to_have_text("Вера Кузнецова")
     assert "student=a3" in page.url
-    # In one group: nothing to say about other groups.
-    expect(dialog.locator("#student-all-groups")).to_have_count(0)
+    # One group visible: the card still says its totals count every group of the student's.
+    expect(dialog.locator("#student-all-groups")).to_have_text(
+        "Итоги ученика за всё время, включая попытки в других его группах;"
+        " сравнение — с этой группой."
+    )
     expect(dialog.locator(".mini-kpi").first).to_contain_text("30,0")
     expect(dialog.locator("#student-topics tbody tr")).to_have_count(len(TOPICS))
     expect(dialog.locator("#student-levels tbody tr")).to_have_count(2)
@@ -310,3 +315,52 @@ def test_a_failed_refresh_keeps_the_figures_on_screen(
     page.locator("#refresh").click()
     expect(page.locator("#error-banner")).to_be_hidden()
     assert kpi(page, "accuracy") == accuracy
+
+
+def test_a_group_without_attempts_shows_no_figures_rather_than_zeros(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    """A new class: the worker writes its metrics as zeros (CONTRACT §2 defines no mean of
+    nothing); the page shows "—", not "0,0 %" accuracy."""
+    with psycopg.connect(live_server.db_url) as conn:
+        builders.make_group(conn, "g-new", "8А класс")
+        builders.make_user(conn, "n1", ["g-new"], "Новенький Ученик")
+        builders.make_stat(conn, "group", "g-new", metrics([]))
+    try:
+        sign_in(page, live_server, make_token("teacher", groups=["g-new"], sub="t-new"))
+        wait_for_group(page, "8А класс")
+        assert [kpi(page, key) for key in ("accuracy", "hints", "time", "score")] == ["—"] * 4
+        assert kpi(page, "attempts") == "0"
+        expect(page.locator("#attention-hint")).to_have_text(
+            "В группе ещё нет попыток: сравнивать пока не с чем."
+        )
+    finally:
+        with psycopg.connect(live_server.db_url) as conn:
+            conn.execute("DELETE FROM materialized_stats WHERE entity_id = 'g-new'")
+            conn.execute("DELETE FROM users WHERE id = 'n1'")
+            conn.execute("DELETE FROM groups WHERE id = 'g-new'")
+
+
+def test_the_language_switch_translates_what_is_already_on_screen(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS), hash_="#group=g-x")
+    expect(page.locator("#error-banner")).to_have_text("Нет доступа: эти данные вне ваших групп.")
+    page.locator('[data-lang="en"]').click()
+    expect(page.locator("#error-banner")).to_have_text(
+        "Access denied: this is outside your groups."
+    )
+    # The foreign group is not offered in the picker under its id.
+    expect(page.locator('#group-select option[value="g-x"]')).to_have_count(0)
+
+    page.locator("#sign-out").click()
+    page.locator("#token-input").fill(make_token("teacher", groups=["no-such-group"], sub="t-0"))
+    page.locator("#signin-form button[type=submit]").click()
+    title = page.locator("#group-title")
+    expect(title).to_have_text(
+        "No groups available: the token names no-such-group, and no such group exists in the"
+        " data. Ask the platform’s administrator."
+    )
+    page.locator('[data-lang="ru"]').click()
+    expect(title).to_contain_text("Нет доступных групп: в токене указаны no-such-group")
+    expect(page.locator("#error-banner")).to_be_hidden()

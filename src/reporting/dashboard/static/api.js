@@ -2,11 +2,15 @@
 // and one place that reacts to a 401.
 
 const TOKEN_KEY = 'reporting.token';
+// A request still unanswered after this long is given up with a message (the API answers in
+// milliseconds; a hung connection would otherwise leave "loading…" on screen for good).
+const TIMEOUT_MS = 20_000;
 
 export class ApiError extends Error {
   constructor(status, detail, { title = '', headers = null, errors = [] } = {}) {
     super(detail || title || `HTTP ${status}`);
     this.status = status;
+    this.title = title;
     this.detail = detail || title || '';
     this.headers = headers;
     this.errors = errors;
@@ -68,17 +72,23 @@ export async function request(
   if (token) headers.Authorization = `Bearer ${token}`;
   if (fresh) headers['Cache-Control'] = 'no-cache';
   if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const timeout = AbortSignal.timeout(TIMEOUT_MS);
   let response;
   try {
     response = await fetch(path, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
-      signal,
+      signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
       cache: 'no-store',
       credentials: 'omit',
     });
   } catch (error) {
+    if (timeout.aborted) {
+      const failure = new ApiError(0, '', { title: 'timeout' });
+      failure.timeoutSeconds = TIMEOUT_MS / 1000;
+      throw failure;
+    }
     if (error.name === 'AbortError') throw error;
     throw new ApiError(0, '', { title: 'network' });
   }

@@ -30,6 +30,8 @@ const state = {
   expiryTimer: null,
   signinNotice: null,
   attentionExpanded: false,
+  bannerError: null, // what the banner says, kept to say it again in another language
+  titleNotice: null, // [key, params] of the heading when no group is shown
 };
 
 const views = { signin: $('#signin-view'), dashboard: $('#dashboard-view') };
@@ -41,6 +43,7 @@ const LIVE_UPDATES = document.body.dataset.liveUpdates === 'on';
 
 function describeError(error) {
   if (!(error instanceof ApiError)) return String(error);
+  if (error.status === 0 && error.title === 'timeout') return t('errors.timeout', { seconds: error.timeoutSeconds });
   if (error.status === 0) return t('errors.network');
   if (error.status === 403) return t('errors.forbidden');
   if (error.status === 404) return t('errors.notFound', { detail: error.detail });
@@ -52,6 +55,7 @@ function announce(text) {
 }
 
 function showBanner(error) {
+  state.bannerError = error;
   const banner = $('#error-banner');
   banner.textContent = error ? describeError(error) : '';
   show(banner, Boolean(error));
@@ -96,6 +100,8 @@ function renderSignInNotice() {
   const box = $('#signin-message');
   const notice = state.signinNotice;
   box.textContent = notice ? t(notice.key, notice.params) : '';
+  // Being signed out on request is news; anything else kept the reader out.
+  box.classList.toggle('notice-error', Boolean(notice) && notice.key !== 'signin.signedOut');
   show(box, Boolean(notice));
 }
 
@@ -139,12 +145,13 @@ function signOut(notice) {
   clearToken();
   clearTimeout(state.expiryTimer);
   stopLive();
-  exportsPanel.stopPolling();
-  studentDialog.close();
+  exportsPanel.reset();
+  studentDialog.close({ quiet: true });
   Object.assign(state, { claims: null, groups: [], group: null, groupId: null, students: null, catalog: null, catalogPromise: null });
   state.loadSeq += 1;
   fill($('#group-select'));
   clearGroupView();
+  showBanner(null);
   showSignIn(notice);
 }
 
@@ -181,16 +188,30 @@ function startSession() {
     .catch(() => null);
   const wanted = route().group;
   if (wanted) onRoute();
-  loadGroups('').then(() => {
-    if (!route().group && state.groups.length) {
-      const remembered = localStorage.getItem(LAST_GROUP_KEY);
-      const first = state.groups.find((g) => g.id === remembered) ?? state.groups[0];
-      navigate({ group: first.id }, { replace: true });
-    } else if (!state.groups.length && !route().group) {
-      clearGroupView();
-      $('#group-title').textContent = t('groups.none');
-    }
+  openGroups().then(() => {
+    // Focus where a keyboard user starts: the group they are on, or the picker.
+    if (document.activeElement === document.body) $('#group-select').focus();
   });
+}
+
+/** The readable groups, then the address's group, the one open last time or the first. */
+async function openGroups() {
+  await loadGroups('');
+  if (!state.claims) return;
+  if (!route().group && state.groups.length) {
+    const remembered = localStorage.getItem(LAST_GROUP_KEY);
+    const first = state.groups.find((g) => g.id === remembered) ?? state.groups[0];
+    navigate({ group: first.id }, { replace: true });
+  } else if (!state.groups.length && !route().group) {
+    clearGroupView();
+    const ids = state.claims.role === 'teacher' ? (state.claims.group_ids ?? []) : [];
+    setTitleNotice(ids.length ? ['groups.noneFor', { ids: ids.join(', ') }] : ['groups.none', {}]);
+  }
+}
+
+function setTitleNotice(notice) {
+  state.titleNotice = notice;
+  $('#group-title').textContent = notice ? t(...notice) : '';
 }
 
 function renderWhoami() {
@@ -217,9 +238,10 @@ async function loadGroups(query) {
 function renderGroupSelect(query = $('#group-search').value) {
   const select = $('#group-select');
   const options = state.groups.map((g) => h('option', { value: g.id }, g.name));
-  // The open group stays selectable even when the search no longer lists it.
-  if (state.groupId && !state.groups.some((g) => g.id === state.groupId)) {
-    options.unshift(h('option', { value: state.groupId }, state.group?.name ?? state.groupId));
+  // The open group stays selectable even when the search no longer lists it (once it opened:
+  // a group refused by its address is not offered).
+  if (state.group && !state.groups.some((g) => g.id === state.groupId)) {
+    options.unshift(h('option', { value: state.groupId }, state.group.name));
   }
   if (!options.length) {
     options.push(h('option', { value: '', disabled: true }, query ? t('groups.noMatch') : t('groups.none')));
@@ -242,7 +264,7 @@ function clearGroupView() {
   state.group = null;
   state.students = null;
   show($('#group-content'), false);
-  $('#group-title').textContent = '';
+  setTitleNotice(null);
   $('#freshness').textContent = '';
   for (const id of ['#kpi-cards', '#chart-topics', '#chart-distribution', '#attention-list', '#levels-table', '#topics-table', '#leaderboard']) {
     $(id).replaceChildren();
@@ -264,6 +286,7 @@ async function loadGroup(groupId, { silent = false } = {}) {
     announce(t('status.loading'));
     views.dashboard.setAttribute('aria-busy', 'true');
   }
+  $('#refresh').setAttribute('aria-busy', 'true');
   // A live reload follows a change: ask for the changed page, never the API's previous copy.
   const groupPromise = getJson(`/stats/groups/${enc(groupId)}`, { fresh: silent });
   const studentsPromise = getJson(`/dashboard/api/groups/${enc(groupId)}/students`);
@@ -273,6 +296,7 @@ async function loadGroup(groupId, { silent = false } = {}) {
     group = await groupPromise;
   } catch (error) {
     if (seq !== state.loadSeq) return;
+    $('#refresh').removeAttribute('aria-busy');
     views.dashboard.removeAttribute('aria-busy');
     if (error instanceof ApiError && error.status === 401) return;
     showBanner(error);
@@ -286,12 +310,16 @@ async function loadGroup(groupId, { silent = false } = {}) {
     // Refused, or nothing to keep: the error and nothing of the group.
     clearGroupView();
     $('#group-title').textContent = '—';
+    renderGroupSelect();
     return;
   }
   if (seq !== state.loadSeq) return;
+  // A refresh redraws the page under the reader: the control they were on gets focus back.
+  const refocus = silent ? keepFocus() : null;
   state.group = group;
   localStorage.setItem(LAST_GROUP_KEY, groupId);
   showBanner(null);
+  $('#refresh').removeAttribute('aria-busy');
   show($('#group-content'), true); // first: the charts measure their containers
   renderGroup();
   views.dashboard.removeAttribute('aria-busy');
@@ -301,6 +329,7 @@ async function loadGroup(groupId, { silent = false } = {}) {
   } else {
     announce(t('status.updated'));
   }
+  if (refocus) refocus();
   renderGroupSelect();
 
   state.catalogPromise?.then(() => {
@@ -317,9 +346,20 @@ async function loadGroup(groupId, { silent = false } = {}) {
   if (seq !== state.loadSeq) return;
   renderStudents();
   renderKpis();
+  if (refocus) refocus(); // the attention list was redrawn too
   if (!silent && LIVE_UPDATES) startLive(groupId);
   const student = route().student;
   if (student && !studentDialog.isOpen) studentDialog.open(student, groupContext());
+}
+
+/** A function that focuses again, after a redraw, the control focused now: found by its id, or
+ * by the `data-focus-key` that the page's buttons carry (a student's button in a table, a
+ * column's sort button). */
+function keepFocus() {
+  const el = document.activeElement;
+  if (!el || el === document.body || !$('#group-content').contains(el)) return null;
+  const selector = el.id ? `#${CSS.escape(el.id)}` : el.dataset.focusKey ? `[data-focus-key="${CSS.escape(el.dataset.focusKey)}"]` : null;
+  return selector ? () => $(selector)?.focus({ preventScroll: true }) : null;
 }
 
 function setExportGroup() {
@@ -373,8 +413,16 @@ function renderFreshness() {
     : t('freshness.none');
 }
 
+/** The metrics as shown: the API gives 0 for the means of a scope without attempts (CONTRACT §2
+ * leaves them undefined), which would read as "0 % accuracy"; shown as "—" instead. */
+function shownMetrics(metrics) {
+  const m = metrics ?? {};
+  if (m.total_attempts) return m;
+  return { ...m, avg_accuracy: null, hint_usage_rate: null, avg_hints: null, avg_time_seconds: null, avg_score: null };
+}
+
 function renderKpis() {
-  const m = state.group?.stats?.metrics ?? {};
+  const m = shownMetrics(state.group?.stats?.metrics);
   const members = state.students?.students?.length;
   const cards = [
     ['accuracy', t('kpi.accuracy'), percent(m.avg_accuracy), t('kpi.accuracyNote')],
@@ -406,7 +454,7 @@ function renderKpis() {
 function renderCharts() {
   const group = state.group;
   if (!group) return;
-  const mean = group.stats?.metrics?.avg_accuracy ?? null;
+  const mean = shownMetrics(group.stats?.metrics).avg_accuracy ?? null;
   const topics = (group.topics ?? [])
     .map((tp) => ({ label: tp.name, value: tp.metrics?.avg_accuracy ?? null }))
     .sort((a, b) => (a.value ?? 2) - (b.value ?? 2));
@@ -421,7 +469,9 @@ function renderDistribution() {
     return;
   }
   const accuracies = state.students.students.filter((st) => st.attempts > 0).map((st) => st.accuracy);
-  accuracyDistribution(container, accuracies, state.students.reference.avg_accuracy);
+  // Each student's whole progress (every group of theirs): its mean says so, as it may differ
+  // from the group's own accuracy above.
+  accuracyDistribution(container, accuracies, state.students.reference.avg_accuracy, 'charts.studentsMean');
 }
 
 function metricColumns() {
@@ -467,7 +517,8 @@ function renderTables() {
   );
 }
 
-function studentButton(userId, name) {
+/** `where`: which list the button is in (one student may be in two), for keepFocus. */
+function studentButton(userId, name, where) {
   return h(
     'button',
     {
@@ -475,6 +526,7 @@ function studentButton(userId, name) {
       class: 'link-button',
       'aria-label': `${name}: ${t('student.open')}`,
       onclick: () => navigate({ group: state.groupId, student: userId }),
+      dataset: { focusKey: `${where}:${userId}` },
     },
     name,
   );
@@ -494,7 +546,7 @@ function renderLeaderboard() {
       caption: t('leaderboard.title'),
       columns: [
         { key: 'rank', label: t('col.rank'), numeric: true },
-        { key: 'display_name', label: t('col.student'), render: (r) => studentButton(r.user_id, r.display_name) },
+        { key: 'display_name', label: t('col.student'), render: (r) => studentButton(r.user_id, r.display_name, 'board') },
         { key: 'score', label: t('col.score'), numeric: true, render: (r) => number(r.score, 1) },
         { key: 'accuracy', label: t('col.accuracy'), numeric: true, render: (r) => percent(r.accuracy) },
         { key: 'attempts', label: t('col.attempts'), numeric: true, render: (r) => number(r.attempts) },
@@ -527,6 +579,11 @@ function renderStudents() {
     return;
   }
   const { reference, students } = state.students;
+  if (reference.avg_accuracy == null) {
+    hint.textContent = t('attention.noData');
+    fill(list);
+    return;
+  }
   hint.textContent = t('attention.hint', {
     accuracy: percent(reference.avg_accuracy),
     hints: number(reference.hints_per_attempt, 2),
@@ -548,7 +605,7 @@ function renderStudents() {
         h(
           'div',
           { class: 'attention-head' },
-          studentButton(st.user_id, st.display_name),
+          studentButton(st.user_id, st.display_name, 'attention'),
           h('span', { class: `badge badge-${worst}` }, t(`severity.${worst}`)),
         ),
         h(
@@ -586,7 +643,7 @@ function onRoute() {
   if (!state.claims) return;
   const { group, student } = route();
   if (group && group !== state.groupId) {
-    studentDialog.close();
+    studentDialog.close({ quiet: true });
     loadGroup(group);
     return;
   }
@@ -614,7 +671,10 @@ function relabel(next) {
   if (state.group) {
     renderGroup();
     announce(t('status.loaded', { name: state.group.name }));
+  } else if (state.titleNotice) {
+    setTitleNotice(state.titleNotice);
   }
+  showBanner(state.bannerError);
   exportsPanel.relabel();
   if (studentDialog.isOpen) studentDialog.render();
 }
@@ -637,7 +697,10 @@ function wire() {
     history.replaceState(null, '', location.pathname);
     signOut({ key: 'signin.signedOut' });
   });
-  $('#refresh').addEventListener('click', () => state.groupId && loadGroup(state.groupId, { silent: true }));
+  $('#refresh').addEventListener('click', () => {
+    if (state.groupId) loadGroup(state.groupId, { silent: true });
+    else if (state.claims) openGroups(); // no group yet: perhaps there is one now
+  });
   $('#group-select').addEventListener('change', (event) => {
     if (event.target.value) navigate({ group: event.target.value });
   });

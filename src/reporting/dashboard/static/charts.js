@@ -29,6 +29,14 @@ function ellipsize(text, maxChars) {
   return text.length <= maxChars ? text : `${text.slice(0, maxChars - 1)}…`;
 }
 
+// About the width of a character of the labels' 12px font: how many fit in a label's room.
+const CHAR_PX = 6.5;
+
+/** The mean's dashed line explained under a chart; `key` says whose mean it is. */
+function legend(key, mean) {
+  return h('p', { class: 'legend' }, h('span', { class: 'legend-mean', 'aria-hidden': 'true' }), t(key, { value: percent(mean) }));
+}
+
 /** Horizontal bars: one per topic, its accuracy, with the group's mean as a dashed line. */
 export function accuracyByTopic(container, items, groupMean) {
   const rows = items.filter((item) => item.value != null);
@@ -38,7 +46,8 @@ export function accuracyByTopic(container, items, groupMean) {
   }
   const width = Math.max(280, Math.floor(container.clientWidth || 560));
   const narrow = width < 460;
-  const labelWidth = narrow ? 110 : 190;
+  // Topic names are long ("Десятичные дроби: сравнение"): give them up to 40% of the width.
+  const labelWidth = narrow ? 130 : Math.min(320, Math.floor(width * 0.4));
   const valueWidth = 56;
   const rowHeight = 26;
   const top = 22;
@@ -48,7 +57,7 @@ export function accuracyByTopic(container, items, groupMean) {
   const summary = rows.map((r) => `${r.label}: ${percent(r.value)}`).join('; ');
   const svg = frame(width, height, t('charts.byTopic'), t('charts.topicsLabel', { items: summary }));
 
-  for (const tick of [0, 0.25, 0.5, 0.75, 1]) {
+  for (const tick of narrow ? [0, 0.5, 1] : [0, 0.25, 0.5, 0.75, 1]) {
     svg.append(
       s('line', { x1: x(tick), x2: x(tick), y1: top - 4, y2: height - 4, class: 'grid' }),
       s('text', { x: x(tick), y: 12, class: 'axis', 'text-anchor': 'middle' }, percent(tick, 0)),
@@ -62,7 +71,7 @@ export function accuracyByTopic(container, items, groupMean) {
         'text',
         { x: labelWidth - 8, y: y + rowHeight / 2 + 4, class: 'label', 'text-anchor': 'end' },
         s('title', null, row.label),
-        ellipsize(row.label, narrow ? 13 : 24),
+        ellipsize(row.label, Math.floor((labelWidth - 12) / CHAR_PX)),
       ),
       s('rect', {
         x: labelWidth,
@@ -80,16 +89,12 @@ export function accuracyByTopic(container, items, groupMean) {
       s('line', { x1: x(groupMean), x2: x(groupMean), y1: top - 4, y2: height - 4, class: 'mean-line' }),
     );
   }
-  container.replaceChildren(
-    svg,
-    groupMean != null
-      ? h('p', { class: 'legend' }, h('span', { class: 'legend-mean', 'aria-hidden': 'true' }), t('charts.groupMean', { value: percent(groupMean) }))
-      : null,
-  );
+  container.replaceChildren(...[svg, groupMean != null ? legend('charts.groupMean', groupMean) : null].filter(Boolean));
 }
 
-/** Histogram of students over ten accuracy bands (0–10 %, …, 90–100 %). */
-export function accuracyDistribution(container, accuracies, groupMean) {
+/** Histogram of students over ten accuracy bands (0–10 %, …, 90–100 %); `meanKey` labels the
+ * dashed line at `groupMean`. */
+export function accuracyDistribution(container, accuracies, groupMean, meanKey = 'charts.groupMean') {
   const values = accuracies.filter((v) => v != null);
   if (!values.length) {
     container.replaceChildren(h('p', { class: 'empty' }, t('charts.noData')));
@@ -102,7 +107,7 @@ export function accuracyDistribution(container, accuracies, groupMean) {
   const height = 210;
   const left = 28;
   const bottom = 40;
-  const top = 18;
+  const top = 28; // room for the "↑ students" caption above the tallest bar's figure
   const plotHeight = height - top - bottom;
   const band = (width - left - 4) / bins.length;
   const bandLabel = (i) => `${i * 10}–${(i + 1) * 10}%`;
@@ -110,6 +115,11 @@ export function accuracyDistribution(container, accuracies, groupMean) {
   const svg = frame(width, height, t('charts.distribution'), t('charts.distLabel', { items: summary }));
 
   svg.append(s('line', { x1: left, x2: width - 4, y1: top + plotHeight, y2: top + plotHeight, class: 'axis-line' }));
+  if (groupMean != null) {
+    // Under the bars' figures, which stay readable where the line crosses them.
+    const meanX = left + groupMean * 10 * band;
+    svg.append(s('line', { x1: meanX, x2: meanX, y1: top - 6, y2: top + plotHeight, class: 'mean-line' }));
+  }
   bins.forEach((count, i) => {
     const barHeight = max ? (count / max) * plotHeight : 0;
     const x = left + i * band;
@@ -123,24 +133,20 @@ export function accuracyDistribution(container, accuracies, groupMean) {
         rx: 2,
         class: low ? 'bar bar-low' : 'bar',
       }),
-      count
-        ? s('text', { x: x + band / 2, y: top + plotHeight - barHeight - 4, class: 'value', 'text-anchor': 'middle' }, String(count))
-        : null,
-      s('text', { x: x + band / 2, y: height - bottom + 16, class: 'axis', 'text-anchor': 'middle' }, `${i * 10}`),
     );
+    if (count) {
+      svg.append(s('text', { x: x + band / 2, y: top + plotHeight - barHeight - 4, class: 'value', 'text-anchor': 'middle' }, String(count)));
+    }
   });
+  // Ticks at the bands' edges, 0 to 100, so the mean's line reads against them.
+  // On a narrow chart every other tick: "90" and "100" ran together at 375px.
+  for (let i = 0; i <= bins.length; i += band < 32 ? 2 : 1) {
+    const anchor = i === 0 ? 'start' : i === bins.length ? 'end' : 'middle';
+    svg.append(s('text', { x: left + i * band, y: height - bottom + 16, class: 'axis', 'text-anchor': anchor }, `${i * 10}`));
+  }
   svg.append(
     s('text', { x: width - 4, y: height - 6, class: 'axis', 'text-anchor': 'end' }, `${t('col.accuracy')}, %`),
-    s('text', { x: left, y: height - 6, class: 'axis', 'text-anchor': 'start' }, t('charts.students') + ' ↑'),
+    s('text', { x: 2, y: 12, class: 'axis', 'text-anchor': 'start' }, `↑ ${t('charts.students')}`),
   );
-  if (groupMean != null) {
-    const meanX = left + groupMean * 10 * band;
-    svg.append(s('line', { x1: meanX, x2: meanX, y1: top - 6, y2: top + plotHeight, class: 'mean-line' }));
-  }
-  container.replaceChildren(
-    svg,
-    groupMean != null
-      ? h('p', { class: 'legend' }, h('span', { class: 'legend-mean', 'aria-hidden': 'true' }), t('charts.groupMean', { value: percent(groupMean) }))
-      : null,
-  );
+  container.replaceChildren(...[svg, groupMean != null ? legend(meanKey, groupMean) : null].filter(Boolean));
 }

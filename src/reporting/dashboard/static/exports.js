@@ -5,10 +5,16 @@
 
 import { ApiError, enc, request } from './api.js';
 import { $, $$, fill, h } from './dom.js';
-import { dateTime, duration, lang, shortDate, t } from './i18n.js';
+import { dateTime, duration, lang, plural, shortDate, t } from './i18n.js';
 
 const FINAL = new Set(['ready', 'failed', 'expired']);
 const RECENT_LIMIT = 8;
+// The API accepts periods within these years (exports/schemas.py): checked here first, so the
+// teacher gets the message in their language rather than the server's.
+const MIN_YEAR = 1970;
+const MAX_YEAR = 9998;
+// What each field of a refused request is called on the form (a 422's `loc`).
+const FIELD_KEYS = { from: 'export.field.from', to: 'export.field.to', topic_ids: 'export.field.topics', format: 'export.field.format', period: 'export.field.period' };
 
 const isoDay = (date) => date.toISOString().slice(0, 10);
 
@@ -38,7 +44,24 @@ export class ExportPanel {
       event.preventDefault();
       this.requestExport();
     });
-    this.allTopics.addEventListener('change', () => this.syncTopicBoxes());
+    this.allTopics.addEventListener('change', () => {
+      // "All topics" again: the earlier choice is dropped, not kept greyed out.
+      if (this.allTopics.checked) for (const box of $$('input[name="topic"]', this.topicBox)) box.checked = false;
+      this.syncTopicBoxes();
+    });
+  }
+
+  /** Signed out: nothing of the previous user stays (their exports, links, quota, notices). */
+  reset() {
+    this.stopPolling();
+    clearTimeout(this.blockedTimer);
+    Object.assign(this, { groupId: null, limits: null, blockedUntil: 0, blockedTimer: null, lastNotice: null });
+    this.exports.clear();
+    this.submit.disabled = false;
+    fill(this.topicBox);
+    fill(this.status);
+    this.renderList();
+    this.renderQuota();
   }
 
   /** A new group is open: its topics become the filter; its recent exports are listed. */
@@ -104,6 +127,8 @@ export class ExportPanel {
   validate(filters) {
     if (!this.allTopics.checked && !filters.topic_ids.length) return 'export.noTopics';
     if (!filters.period.from || !filters.period.to) return 'export.periodMissing';
+    const years = [filters.period.from, filters.period.to].map((day) => Number(day.slice(0, day.indexOf('-', 1))));
+    if (years.some((year) => !(year >= MIN_YEAR && year <= MAX_YEAR))) return 'export.periodRange';
     if (filters.period.from > filters.period.to) return 'export.periodOrder';
     return null;
   }
@@ -132,7 +157,7 @@ export class ExportPanel {
     const filters = this.filters();
     const problem = this.validate(filters);
     if (problem) {
-      this.notice(problem, {}, 'error');
+      this.notice(problem, { min: MIN_YEAR, max: MAX_YEAR }, 'error');
       return;
     }
     if (this.blocked()) {
@@ -158,9 +183,11 @@ export class ExportPanel {
         const retryAfter = Number(error.headers?.get('Retry-After') ?? Number.NaN);
         this.blockUntil(Date.now() + (Number.isFinite(retryAfter) ? retryAfter : 60) * 1000);
         this.notice(null);
+        this.loadRecent(); // the exports that spent the quota elsewhere
       } else if (error.status === 422) {
-        const details = error.errors.map((e) => `${(e.loc ?? []).join('.')}: ${e.msg}`).join('; ');
-        this.notice('export.invalid', { detail: details || error.detail }, 'error');
+        this.notice('export.invalid', { detail: () => this.invalidFields(error) }, 'error');
+      } else if (error.status === 0) {
+        this.notice('errors.network', {}, 'error');
       } else if (error.status !== 401) {
         this.notice('export.refused', { status: error.status, detail: this.describeError(error) }, 'error');
       }
@@ -168,6 +195,16 @@ export class ExportPanel {
       this.submit.disabled = this.blocked();
       this.renderQuota();
     }
+  }
+
+  /** The fields a 422 names, as the form calls them (the server's own words are English). */
+  invalidFields(error) {
+    const names = error.errors.map((e) => {
+      const field = [...(e.loc ?? [])].reverse().find((part) => part in FIELD_KEYS);
+      return field ? t(FIELD_KEYS[field]) : null;
+    });
+    const known = [...new Set(names.filter(Boolean))];
+    return known.length ? known.join(', ') : t('export.field.unknown');
   }
 
   /** No export is possible before `until` (ms): the button waits, and the status says when. */
@@ -271,7 +308,7 @@ export class ExportPanel {
   summary(item) {
     const filters = item.filters ?? {};
     const topics = filters.topic_ids?.length
-      ? t('export.topicCount', { count: filters.topic_ids.length })
+      ? plural('export.topicCount', filters.topic_ids.length)
       : t('export.allTopics');
     return t('export.summary', {
       format: (item.format ?? '').toUpperCase(),

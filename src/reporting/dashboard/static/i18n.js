@@ -22,7 +22,7 @@ const STRINGS = {
     'signin.demoTitle': 'Демонстрационный вход',
     'signin.demoHint': 'Сервер запущен командой «reporting demo»: выберите готовую роль.',
     'signin.empty': 'Вставьте токен.',
-    'signin.malformed': 'Это не JWT: токен состоит из трёх частей, разделённых точками.',
+    'signin.malformed': 'Это не JWT: токен — три части в кодировке base64url, разделённые точками, и эти части не читаются.',
     'signin.expired': 'Сессия истекла. Войдите снова.',
     // The server's own detail is English: the Russian texts say what it means instead.
     'signin.rejected': 'Сервер не принял токен: он неверен, истёк или подписан другим ключом.',
@@ -33,6 +33,7 @@ const STRINGS = {
     'groups.search': 'Поиск группы',
     'groups.searchPlaceholder': 'Название или код группы',
     'groups.none': 'Нет доступных групп.',
+    'groups.noneFor': 'Нет доступных групп: в токене указаны {ids}, но таких групп в данных нет. Обратитесь к администратору платформы.',
     'groups.noMatch': 'Ни одна группа не подходит под поиск.',
     'groups.truncated': 'Показаны первые {count}: уточните поиск.',
 
@@ -50,7 +51,7 @@ const STRINGS = {
     'kpi.time': 'Среднее время',
     'kpi.timeNote': 'на одну попытку',
     'kpi.score': 'Средний балл',
-    'kpi.scoreNote': 'сумма баллов ученика за всё время',
+    'kpi.scoreNote': 'на ученика: сумма его баллов за всё время',
     'kpi.attempts': 'Попытки',
     'kpi.attemptsNote': 'за всё время',
     'kpi.students': 'Активные ученики',
@@ -61,6 +62,7 @@ const STRINGS = {
     'charts.distribution': 'Распределение учеников по точности',
     'charts.noData': 'Нет данных для графика.',
     'charts.groupMean': 'среднее {value}',
+    'charts.studentsMean': 'среднее по ученикам {value} (все их попытки)',
     'charts.topicsLabel': 'Столбчатая диаграмма точности по темам. {items}',
     'charts.distLabel': 'Гистограмма: число учеников в каждом интервале точности. {items}',
     'charts.students': 'Ученики',
@@ -89,13 +91,14 @@ const STRINGS = {
     'attention.title': 'Ученики, которым нужно внимание',
     'attention.hint': 'Сравнение со средним по ученикам группы: точность {accuracy}, подсказок {hints} на попытку. Без активности — дольше {days}. Учтены все попытки ученика, в том числе в других его группах.',
     'attention.none': 'Все ученики в пределах обычного для группы.',
+    'attention.noData': 'В группе ещё нет попыток: сравнивать пока не с чем.',
     'attention.loading': 'Загружается список учеников…',
     'attention.low_accuracy': 'Точность {value} — в группе {group}',
     'attention.heavy_hints': 'Подсказок {value} на попытку — в группе {group}',
     'attention.inactive': 'Нет активности {days}',
     'attention.never': 'Ни одной попытки',
     'severity.alert': 'Важно',
-    'severity.warning': 'Заметно',
+    'severity.warning': 'Внимание',
     'student.open': 'Открыть карточку ученика',
 
     'student.loading': 'Загрузка…',
@@ -104,18 +107,20 @@ const STRINGS = {
     'student.never': 'Попыток ещё не было.',
     'student.computed': 'Данные на {time}',
     'student.allGroups': 'Итоги по всем группам ученика ({count}), сравнение — с этой группой.',
+    'student.allWork': 'Итоги ученика за всё время, включая попытки в других его группах; сравнение — с этой группой.',
     'student.levels': 'По уровням',
     'student.topics': 'По темам',
 
     'errors.forbidden': 'Нет доступа: эти данные вне ваших групп.',
     'errors.notFound': 'Не найдено: такой группы, ученика или выгрузки нет.',
     'errors.network': 'Сервер недоступен. Проверьте соединение и попробуйте снова.',
+    'errors.timeout': 'Сервер не ответил за {seconds} с. Попробуйте ещё раз.',
     'errors.generic': 'Ошибка {status}: запрос не выполнен.',
     'export.refused': 'Ошибка {status}: {detail}',
 
     'filters.topics': 'Темы',
     'filters.allTopics': 'Все темы',
-    'filters.period': 'Период',
+    'filters.period': 'Период (дни по UTC)',
     'filters.from': 'С',
     'filters.to': 'По',
 
@@ -124,7 +129,7 @@ const STRINGS = {
     'export.submit': 'Сформировать отчёт',
     'export.recent': 'Недавние выгрузки',
     'export.none': 'Выгрузок пока нет.',
-    'export.quota': 'Осталось выгрузок в этом часе: {remaining} из {limit}.',
+    'export.quota': 'Осталось выгрузок на этот час: {remaining} из {limit}.',
     'export.quotaEmpty': 'Лимит выгрузок на этот час исчерпан.',
     'export.rateLimited': 'Лимит выгрузок исчерпан ({limit} в час). Следующая выгрузка будет доступна через {wait}.',
     'export.rateLimitedBare': 'Лимит выгрузок исчерпан. Следующая выгрузка будет доступна через {wait}.',
@@ -135,12 +140,22 @@ const STRINGS = {
     'export.invalid': 'Проверьте фильтры: {detail}',
     'export.periodOrder': 'Дата начала периода позже даты окончания.',
     'export.periodMissing': 'Укажите обе даты периода.',
+    'export.periodRange': 'Даты периода — с {min} по {max} год.',
+    'export.field.from': '«С»',
+    'export.field.to': '«По»',
+    'export.field.period': 'период',
+    'export.field.topics': 'темы',
+    'export.field.format': 'формат',
+    'export.field.unknown': 'сервер не принял запрос',
     'export.noTopics': 'Выберите хотя бы одну тему или отметьте «Все темы».',
     'export.download': 'Скачать {format}',
     'export.linkUntil': 'ссылка действует до {time}',
     'export.summary': '{format} · {topics} · {from} — {to}',
     'export.allTopics': 'все темы',
-    'export.topicCount': 'тем: {count}',
+    'export.topicCount.one': '{count} тема',
+    'export.topicCount.few': '{count} темы',
+    'export.topicCount.many': '{count} тем',
+    'export.topicCount.other': '{count} темы',
     'export.status.pending': 'в очереди',
     'export.status.processing': 'формируется',
     'export.status.ready': 'готов',
@@ -167,7 +182,7 @@ const STRINGS = {
     'signin.demoTitle': 'Demo sign-in',
     'signin.demoHint': 'The server runs as “reporting demo”: pick a ready-made role.',
     'signin.empty': 'Paste a token.',
-    'signin.malformed': 'This is not a JWT: a token has three parts separated by dots.',
+    'signin.malformed': 'This is not a JWT: a token is three base64url parts separated by dots, and these cannot be read.',
     'signin.expired': 'Your session has expired. Please sign in again.',
     'signin.rejected': 'The server did not accept the token: {detail}',
     'signin.wrongRole': 'This token (role “{role}”) gives no access to statistics.',
@@ -177,6 +192,7 @@ const STRINGS = {
     'groups.search': 'Search groups',
     'groups.searchPlaceholder': 'Group name or id',
     'groups.none': 'No groups available.',
+    'groups.noneFor': 'No groups available: the token names {ids}, and no such group exists in the data. Ask the platform’s administrator.',
     'groups.noMatch': 'No group matches the search.',
     'groups.truncated': 'Showing the first {count}: refine the search.',
 
@@ -194,7 +210,7 @@ const STRINGS = {
     'kpi.time': 'Average time',
     'kpi.timeNote': 'per attempt',
     'kpi.score': 'Average score',
-    'kpi.scoreNote': 'a student’s total, all time',
+    'kpi.scoreNote': 'per student: their all-time total',
     'kpi.attempts': 'Attempts',
     'kpi.attemptsNote': 'all time',
     'kpi.students': 'Active students',
@@ -205,6 +221,7 @@ const STRINGS = {
     'charts.distribution': 'Students by accuracy',
     'charts.noData': 'No data to chart.',
     'charts.groupMean': 'mean {value}',
+    'charts.studentsMean': 'students’ mean {value} (all their attempts)',
     'charts.topicsLabel': 'Bar chart of accuracy by topic. {items}',
     'charts.distLabel': 'Histogram: number of students in each accuracy band. {items}',
     'charts.students': 'Students',
@@ -233,13 +250,14 @@ const STRINGS = {
     'attention.title': 'Students who need attention',
     'attention.hint': 'Compared with the mean of the group’s students: accuracy {accuracy}, {hints} hints per attempt. Inactive means no attempt for over {days}. Every attempt of a student counts, in their other groups too.',
     'attention.none': 'Every student is within the group’s usual range.',
+    'attention.noData': 'No attempts in the group yet: nothing to compare with.',
     'attention.loading': 'Loading the students…',
     'attention.low_accuracy': 'Accuracy {value} — group {group}',
     'attention.heavy_hints': '{value} hints per attempt — group {group}',
     'attention.inactive': 'No activity for {days}',
     'attention.never': 'No attempts yet',
     'severity.alert': 'Important',
-    'severity.warning': 'Notable',
+    'severity.warning': 'Watch',
     'student.open': 'Open the student’s card',
 
     'student.loading': 'Loading…',
@@ -248,18 +266,20 @@ const STRINGS = {
     'student.never': 'No attempts yet.',
     'student.computed': 'Data as of {time}',
     'student.allGroups': 'Totals over all of the student’s groups ({count}), compared with this group.',
+    'student.allWork': 'The student’s all-time totals, attempts in their other groups included; compared with this group.',
     'student.levels': 'By level',
     'student.topics': 'By topic',
 
     'errors.forbidden': 'Access denied: this is outside your groups.',
     'errors.notFound': 'Not found: {detail}',
     'errors.network': 'The server cannot be reached. Check the connection and try again.',
+    'errors.timeout': 'The server did not answer within {seconds} s. Try again.',
     'errors.generic': 'Error {status}: {detail}',
     'export.refused': 'Error {status}: {detail}',
 
     'filters.topics': 'Topics',
     'filters.allTopics': 'All topics',
-    'filters.period': 'Period',
+    'filters.period': 'Period (UTC days)',
     'filters.from': 'From',
     'filters.to': 'To',
 
@@ -279,12 +299,20 @@ const STRINGS = {
     'export.invalid': 'Check the filters: {detail}',
     'export.periodOrder': 'The period starts after it ends.',
     'export.periodMissing': 'Enter both dates of the period.',
+    'export.periodRange': 'The period’s dates must lie in the years {min} to {max}.',
+    'export.field.from': '“From”',
+    'export.field.to': '“To”',
+    'export.field.period': 'period',
+    'export.field.topics': 'topics',
+    'export.field.format': 'format',
+    'export.field.unknown': 'the server did not accept the request',
     'export.noTopics': 'Choose at least one topic, or tick “All topics”.',
     'export.download': 'Download {format}',
     'export.linkUntil': 'link valid until {time}',
     'export.summary': '{format} · {topics} · {from} — {to}',
     'export.allTopics': 'all topics',
-    'export.topicCount': '{count} topics',
+    'export.topicCount.one': '{count} topic',
+    'export.topicCount.other': '{count} topics',
     'export.status.pending': 'queued',
     'export.status.processing': 'in progress',
     'export.status.ready': 'ready',
@@ -337,6 +365,13 @@ export function t(key, params = {}) {
 
 const locale = () => (current === 'ru' ? 'ru-RU' : 'en-GB');
 
+/** `key.one` / `.few` / `.many` / `.other` by the language's plural rules, with {count}. */
+export function plural(key, count) {
+  const form = new Intl.PluralRules(locale()).select(count);
+  const table = STRINGS[current];
+  return t(`${key}.${form}` in table ? `${key}.${form}` : `${key}.other`, { count });
+}
+
 export function percent(value, digits = 1) {
   if (value == null || Number.isNaN(value)) return '—';
   return new Intl.NumberFormat(locale(), {
@@ -359,7 +394,8 @@ export function seconds(value) {
   return new Intl.NumberFormat(locale(), {
     style: 'unit',
     unit: 'second',
-    unitDisplay: 'short',
+    // "67.2s": en-GB's short form "67.2 secs" wrapped in a KPI card.
+    unitDisplay: current === 'ru' ? 'short' : 'narrow',
     minimumFractionDigits: 1,
     maximumFractionDigits: 1,
   }).format(value);

@@ -27,10 +27,12 @@ export class StudentDialog {
     this.context = null;
     this.request = 0;
     $('#student-close').addEventListener('click', () => this.dialog.close());
+    this.quiet = false;
     this.dialog.addEventListener('close', () => {
       this.userId = null;
       this.data = null;
-      onClose();
+      if (!this.quiet) onClose();
+      this.quiet = false;
     });
   }
 
@@ -66,8 +68,12 @@ export class StudentDialog {
     }
   }
 
-  close() {
-    if (this.dialog.open) this.dialog.close();
+  /** `quiet`: the address already moved on (another group, another student): onClose, which
+   * takes the student out of the address, would undo that. */
+  close({ quiet = false } = {}) {
+    if (!this.dialog.open) return;
+    this.quiet = quiet;
+    this.dialog.close();
   }
 
   render() {
@@ -115,9 +121,15 @@ export class StudentDialog {
           : t('student.never'),
         data.computed_at ? ` · ${t('student.computed', { time: dateTime(data.computed_at) })}` : null,
       ),
-      (data.group_ids ?? []).length > 1
-        ? h('p', { class: 'hint', id: 'student-all-groups' }, t('student.allGroups', { count: data.group_ids.length }))
-        : null,
+      // The totals are the student's whole progress summary (CONTRACT §5), attempts in groups
+      // the reader may not see included: said always, also when only one group is visible.
+      h(
+        'p',
+        { class: 'hint', id: 'student-all-groups' },
+        (data.group_ids ?? []).length > 1
+          ? t('student.allGroups', { count: data.group_ids.length })
+          : t('student.allWork'),
+      ),
       h(
         'dl',
         { class: 'mini-kpis', 'aria-label': t('student.totals') },

@@ -60,6 +60,7 @@ export function sortableTable({ id, caption, columns, rows, sortKey, sortDir = '
         {
           type: 'button',
           class: 'sort',
+          dataset: { focusKey: `${id}:sort:${column.key}` }, // found again after a redraw
           onclick: () => {
             if (state.key === column.key) {
               state.dir = state.dir === 'asc' ? 'desc' : 'asc';
