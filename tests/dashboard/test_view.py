@@ -364,3 +364,18 @@ def test_the_language_switch_translates_what_is_already_on_screen(
     page.locator('[data-lang="ru"]').click()
     expect(title).to_contain_text("Нет доступных групп: в токене указаны no-such-group")
     expect(page.locator("#error-banner")).to_be_hidden()
+
+
+def test_a_link_to_a_student_of_another_group_opens_their_card_over_an_open_one(
+    page: Page, live_server: LiveServer, school: School, make_token: TokenFactory
+) -> None:
+    sign_in(page, live_server, make_token("teacher", groups=TEACHER_GROUPS), hash_="#group=g-a")
+    wait_for_group(page, "7А класс")
+    page.locator('#attention-list [data-user-id="a3"] button.link-button').click()
+    expect(page.locator("#student-title")).to_have_text("Вера Кузнецова")
+
+    page.evaluate("location.hash = 'group=g-b&student=b2'")  # a link followed meanwhile
+    wait_for_group(page, "7Б класс")
+    expect(page.locator("#student-dialog")).to_be_visible()
+    expect(page.locator("#student-title")).to_have_text("Захар Волков")
+    assert page.url.endswith("#group=g-b&student=b2")
