@@ -226,6 +226,9 @@ def test_bad_filters_get_a_clear_message_and_no_request(
     page.locator("#period-to").fill("2026-10-01")
     page.locator("#export-submit").click()
     expect(page.locator("#export-status")).to_have_text("Дата начала периода позже даты окончания.")
+    # The field is marked for assistive technology and has the focus.
+    expect(page.locator("#period-from")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#period-from")).to_be_focused()
     assert posts == []
     # Nothing the teacher chose was lost.
     expect(page.locator('input[name="topic"][value="T2"]')).to_be_checked()

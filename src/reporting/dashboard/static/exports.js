@@ -156,6 +156,7 @@ export class ExportPanel {
   async requestExport() {
     const filters = this.filters();
     const problem = this.validate(filters);
+    this.markInvalid(problem, filters);
     if (problem) {
       this.notice(problem, { min: MIN_YEAR, max: MAX_YEAR }, 'error');
       return;
@@ -195,6 +196,22 @@ export class ExportPanel {
       this.submit.disabled = this.blocked();
       this.renderQuota();
     }
+  }
+
+  /** The field a problem is about: marked invalid, described by the status line, focused. */
+  markInvalid(problem, filters) {
+    for (const el of $$('[aria-invalid]', this.form)) {
+      el.removeAttribute('aria-invalid');
+      el.removeAttribute('aria-describedby');
+    }
+    let field = null;
+    if (problem === 'export.noTopics') field = this.allTopics;
+    else if (problem === 'export.periodMissing') field = filters.period.from ? $('#period-to') : $('#period-from');
+    else if (problem) field = $('#period-from');
+    if (!field) return;
+    field.setAttribute('aria-invalid', 'true');
+    field.setAttribute('aria-describedby', this.status.id);
+    field.focus();
   }
 
   /** The fields a 422 names, as the form calls them (the server's own words are English). */
