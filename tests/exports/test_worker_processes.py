@@ -13,6 +13,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from reporting.settings import ExportSettings
 from tests.exports.conftest import (
@@ -309,3 +311,26 @@ def test_an_unusable_bucket_is_named_at_start_and_the_worker_still_runs(
     assert len(warnings) == 1, output
     assert "'no-such-bucket-here'" in warnings[0]["error"]
     assert "does not exist" in warnings[0]["error"]
+
+
+def test_a_lost_database_counts_as_failed_rounds(
+    fresh_db_url: str, server_url: str, tmp_path: Path
+) -> None:
+    """The alert on the export worker's error rounds must see a database outage."""
+    worker = start_export_worker(
+        service_env(database_url=fresh_db_url, data_dir=tmp_path / "data"), tmp_path
+    )
+    try:
+        assert worker.metrics().value("export_worker_ticks_total", status="error") == 0
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            name = str(conninfo_to_dict(fresh_db_url)["dbname"])
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        _wait(
+            lambda: worker.metrics().value("export_worker_ticks_total", status="error") >= 2,
+            30,
+            "error rounds counted",
+        )
+    finally:
+        assert worker.terminate() == 0
+    lost = [r for r in worker.log_records() if r.get("msg") == "database connection lost; retrying"]
+    assert lost and lost[0]["level"] == "warning", worker.tail()

@@ -161,6 +161,8 @@ class _Notifier:
             self._wake.clear()
             try:
                 deliver_notifications(self._url, self._settings, self._store)
+            except psycopg.OperationalError as error:  # the loop logs the outage too
+                log.warning("notifications wait for the database", extra={"error": str(error)})
             except Exception:
                 log.exception("notification delivery failed")
             if self._stop.is_set():
@@ -256,16 +258,29 @@ def run(
     return 0
 
 
+# Retries of a lost database: 1 s, doubling up to this.
+MAX_RECONNECT_DELAY_SECS = 10.0
+
+
 def _loop(
     url: str, settings: Settings, store: ObjectStore, stop: threading.Event, notifier: _Notifier
 ) -> None:
+    delay = 1.0
     while not stop.is_set():
         try:
             with connect(url, autocommit=True) as listener:
                 listener.execute(f"LISTEN {channels.EXPORTS_PENDING}")
+                delay = 1.0
                 while not stop.is_set():
                     _counted_tick(url, settings, store, stop, notifier)
                     _wait_for_work(listener, stop, settings.exports.poll_seconds)
         except psycopg.OperationalError as error:
-            log.warning("database connection lost (%s); retrying in 1 s", error)
-            stop.wait(1)
+            # A round that could not even start failed: the alert on error rounds must see a
+            # database outage (none was counted while the worker waited for it to come back).
+            metrics.export_worker_ticks_total.labels("error").inc()
+            log.warning(
+                "database connection lost; retrying",
+                extra={"error": str(error), "retry_in": delay},
+            )
+            stop.wait(delay)
+            delay = min(delay * 2, MAX_RECONNECT_DELAY_SECS)
