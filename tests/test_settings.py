@@ -71,6 +71,12 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
         ({"REPORTING_LEADERBOARD_SIZE": "many"}, "REPORTING_LEADERBOARD_SIZE", "integer"),
         ({"REPORTING_EXPORT_TTL_HOURS": "-1"}, "REPORTING_EXPORT_TTL_HOURS", "greater"),
         ({"REPORTING_ENABLE_LIVE_UPDATES": "maybe"}, "REPORTING_ENABLE_LIVE_UPDATES", "boolean"),
+        # Finite and within reason: each of these crashed a process later, not at start.
+        ({"REPORTING_WORKER_INTERVAL_SECS": "1e12"}, "REPORTING_WORKER_INTERVAL_SECS", "less"),
+        ({"REPORTING_SIGNED_URL_TTL_HOURS": "inf"}, "REPORTING_SIGNED_URL_TTL_HOURS", "168"),
+        ({"REPORTING_EXPORT_TTL_HOURS": "inf"}, "REPORTING_EXPORT_TTL_HOURS", "less"),
+        ({"DATABASE_URL": "postgresql://u:pw@[bad"}, "DATABASE_URL", "not a valid connection"),
+        ({"REPORTING_DATA_DIR": "/etc/hostname/data"}, "REPORTING_DATA_DIR", "not a directory"),
     ],
     ids=[
         "interval-abc",
@@ -81,6 +87,11 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
         "leaderboard-size",
         "export-ttl",
         "live-updates",
+        "interval-huge",
+        "signed-url-ttl-inf",
+        "export-ttl-inf",
+        "database-url-malformed",
+        "data-dir-under-a-file",
     ],
 )
 def test_serve_stops_at_start_with_one_line_naming_the_variable(
@@ -94,8 +105,20 @@ def test_serve_stops_at_start_with_one_line_naming_the_variable(
     assert variable in lines[0]
     assert reason in lines[0]
     assert "Traceback" not in result.stderr
+    assert "pw@" not in result.stderr  # a password in the URL is not repeated
     assert result.stdout == ""
     assert not (tmp_path / "data").exists(), "nothing was started"
+
+
+def test_empty_variables_mean_the_defaults_and_log_levels_take_any_case(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout
+    monkeypatch.setenv("REPORTING_WORKER_INTERVAL_SECS", "")
+    monkeypatch.setenv("REPORTING_LOG_LEVEL", "debug")
+    settings = load_settings(require_jwt=False)
+    assert settings.worker.interval_secs == 3600
+    assert settings.log.level == "DEBUG"
 
 
 @pytest.mark.slow

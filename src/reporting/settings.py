@@ -6,9 +6,13 @@ A bad value raises `SettingsError` whose message is one line naming the variable
 """
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Literal
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from pydantic import (
     Field,
@@ -29,8 +33,22 @@ class SettingsError(Exception):
 
 def _section() -> SettingsConfigDict:
     return SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=False,
+        # `NAME=` (as a compose file or a template leaves it) means the default, as if unset.
+        env_ignore_empty=True,
     )
+
+
+# Upper bounds of the durations: finite (`inf` parses as a float, and an interval of 1e12 s
+# crashed the worker after its first tick) and within what their users can take.
+_DAY_SECS = 86_400
+_MAX_INTERVAL_SECS = 31 * _DAY_SECS  # a monthly tick is the slowest schedule that makes sense
+_MAX_EXPORT_TTL_HOURS = 366 * 24
+# An S3 pre-signed link lives at most 7 days (SigV4); local links are held to the same.
+_MAX_SIGNED_URL_TTL_HOURS = 7 * 24
 
 
 class DatabaseSettings(BaseSettings):
@@ -46,7 +64,28 @@ class DatabaseSettings(BaseSettings):
             return None
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
+        try:
+            conninfo_to_dict(value)
+        except psycopg.ProgrammingError as error:
+            # libpq's reason without the URL it quotes (which may hold a password), on one line
+            reason = " ".join(str(error).split(' in URI: "')[0].split())
+            raise ValueError(f"not a valid connection URL: {reason}") from None
         return value
+
+    @model_validator(mode="after")
+    def _data_dir_usable(self) -> "DatabaseSettings":
+        """The embedded server's directory (only used without DATABASE_URL) must be a directory
+        that exists or can be made: checked here, so a bad one is one line at start."""
+        if self.url:
+            return self
+        existing = self.data_dir.absolute()
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"REPORTING_DATA_DIR {existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"REPORTING_DATA_DIR {existing} is not writable")
+        return self
 
 
 class AuthSettings(BaseSettings):
@@ -104,11 +143,15 @@ class AuthSettings(BaseSettings):
 class WorkerSettings(BaseSettings):
     model_config = _section()
 
-    interval_secs: float = Field(default=3600, gt=0, alias="REPORTING_WORKER_INTERVAL_SECS")
+    interval_secs: float = Field(
+        default=3600, gt=0, le=_MAX_INTERVAL_SECS, alias="REPORTING_WORKER_INTERVAL_SECS"
+    )
     enable_live_updates: bool = Field(default=False, alias="REPORTING_ENABLE_LIVE_UPDATES")
     leaderboard_size: int = Field(default=100, ge=1, le=10_000, alias="REPORTING_LEADERBOARD_SIZE")
     # How long a tick's swap waits for its table locks before failing (and retrying next tick).
-    lock_timeout_secs: float = Field(default=30, gt=0, alias="REPORTING_WORKER_LOCK_TIMEOUT_SECS")
+    lock_timeout_secs: float = Field(
+        default=30, gt=0, le=3600, alias="REPORTING_WORKER_LOCK_TIMEOUT_SECS"
+    )
     # The niceness of a tick's PostgreSQL backends when the server runs on this machine
     # (db/priority.py): readers get the cores first. 0 leaves them as they are.
     nice: int = Field(default=19, ge=0, le=19, alias="REPORTING_WORKER_NICE")
@@ -117,11 +160,15 @@ class WorkerSettings(BaseSettings):
 class ExportSettings(BaseSettings):
     model_config = _section()
 
-    ttl_hours: float = Field(default=24, gt=0, alias="REPORTING_EXPORT_TTL_HOURS")
+    ttl_hours: float = Field(
+        default=24, gt=0, le=_MAX_EXPORT_TTL_HOURS, alias="REPORTING_EXPORT_TTL_HOURS"
+    )
     rate_limit_per_hour: int = Field(default=5, ge=0, alias="REPORTING_EXPORT_RATE_LIMIT_PER_HOUR")
-    signed_url_ttl_hours: float = Field(default=1, gt=0, alias="REPORTING_SIGNED_URL_TTL_HOURS")
+    signed_url_ttl_hours: float = Field(
+        default=1, gt=0, le=_MAX_SIGNED_URL_TTL_HOURS, alias="REPORTING_SIGNED_URL_TTL_HOURS"
+    )
     public_url: str | None = Field(default=None, alias="REPORTING_PUBLIC_URL")
-    lease_seconds: float = Field(default=60, gt=0, alias="REPORTING_EXPORT_LEASE_SECS")
+    lease_seconds: float = Field(default=60, gt=0, le=3600, alias="REPORTING_EXPORT_LEASE_SECS")
     # Claims of one export before it fails (a worker that dies mid-export costs one).
     max_attempts: int = Field(default=3, ge=1, le=100, alias="REPORTING_EXPORT_MAX_ATTEMPTS")
     # The export worker's safety-net poll; LISTEN/NOTIFY wakes it at once anyway.
@@ -217,8 +264,12 @@ class NotifySettings(BaseSettings):
     webhook_secret: SecretStr | None = Field(default=None, alias="REPORTING_WEBHOOK_SECRET")
     max_attempts: int = Field(default=8, ge=1, alias="REPORTING_NOTIFY_MAX_ATTEMPTS")
     # Backoff between attempts: base * 2^(attempt-1), capped, plus up to 25 % jitter.
-    retry_base_secs: float = Field(default=30, gt=0, alias="REPORTING_NOTIFY_RETRY_BASE_SECS")
-    retry_max_secs: float = Field(default=3600, gt=0, alias="REPORTING_NOTIFY_RETRY_MAX_SECS")
+    retry_base_secs: float = Field(
+        default=30, gt=0, le=_DAY_SECS, alias="REPORTING_NOTIFY_RETRY_BASE_SECS"
+    )
+    retry_max_secs: float = Field(
+        default=3600, gt=0, le=7 * _DAY_SECS, alias="REPORTING_NOTIFY_RETRY_MAX_SECS"
+    )
     timeout_secs: float = Field(default=10, gt=0, le=120, alias="REPORTING_NOTIFY_TIMEOUT_SECS")
 
     @field_validator("smtp_host", "telegram_chat_id", "webhook_url")
@@ -255,6 +306,11 @@ class LogSettings(BaseSettings):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", alias="REPORTING_LOG_LEVEL"
     )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
     json_logs: bool = Field(default=True, alias="REPORTING_LOG_JSON")
 
 
