@@ -6,7 +6,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.conftest import TokenFactory
+from reporting.settings import Settings
+from tests.conftest import TokenFactory, api_client
 
 
 async def test_healthz_needs_no_token(api: httpx.AsyncClient) -> None:
@@ -34,25 +35,24 @@ async def test_readyz_names_a_schema_not_migrated_rather_than_an_unreachable_dat
 
 
 async def test_an_unreachable_database_is_a_quick_503_to_retry_not_a_long_wait(
-    api: httpx.AsyncClient, db_url: str, server_url: str, make_token: TokenFactory
+    settings: Settings, fresh_db_url: str, server_url: str, make_token: TokenFactory
 ) -> None:
     admin = {"Authorization": f"Bearer {make_token('admin')}"}
-    assert (await api.get("/stats/leaderboards/global/global", headers=admin)).status_code in (
-        200,
-        404,
-    )
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        name = conninfo_to_dict(db_url)["dbname"]
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(str(name))))
+    async with api_client(settings, fresh_db_url) as api:
+        leaderboard = await api.get("/stats/leaderboards/global/global", headers=admin)
+        assert leaderboard.status_code in (200, 404)
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            name = str(conninfo_to_dict(fresh_db_url)["dbname"])
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
-    for path in ("/stats/groups/g1", "/stats/exports"):
-        started = time.monotonic()
-        response = await api.get(path, headers=admin)
-        assert time.monotonic() - started < 5, path  # the brief's bound for a call
-        assert response.status_code == 503, response.text
-        assert response.headers["content-type"].startswith("application/problem+json")
-        assert response.headers["retry-after"] == "5"
-        assert response.json()["detail"] == "The database is unavailable; try again shortly."
+        for path in ("/stats/groups/g1", "/stats/exports"):
+            started = time.monotonic()
+            response = await api.get(path, headers=admin)
+            assert time.monotonic() - started < 5, path  # the brief's bound for a call
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert response.headers["retry-after"] == "5"
+            assert response.json()["detail"] == "The database is unavailable; try again shortly."
 
 
 async def test_metrics_exposes_request_counters_by_route_template(api: httpx.AsyncClient) -> None:

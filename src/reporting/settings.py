@@ -13,7 +13,6 @@ from typing import Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-
 from pydantic import (
     Field,
     SecretStr,
@@ -306,12 +305,12 @@ class LogSettings(BaseSettings):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", alias="REPORTING_LOG_LEVEL"
     )
+    json_logs: bool = Field(default=True, alias="REPORTING_LOG_JSON")
 
     @field_validator("level", mode="before")
     @classmethod
     def _any_case(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
-    json_logs: bool = Field(default=True, alias="REPORTING_LOG_JSON")
 
 
 class ApiSettings(BaseSettings):
