@@ -291,6 +291,40 @@ def test_metrics_port_serves_the_tick_counters_and_sigterm_stops_cleanly(
     assert set(statuses(db)) == {"success"}
 
 
+def test_a_restarted_worker_reports_the_last_success_on_record_even_when_its_tick_fails(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    """What ReportingWorkerNoRecentSuccess watches: from 0 after a restart, it said "no success
+    since 1970" whenever the first tick of the new process failed."""
+    assert finish(start(fresh_db_url, "--once"))[0] == 0
+    row = db.execute(
+        "SELECT extract(epoch FROM finished_at)::float8 FROM worker_ticks WHERE status = 'success'"
+    ).fetchone()
+    assert row is not None
+    db.execute("ALTER TABLE progress_summary RENAME TO progress_summary_away")
+    db.commit()
+    port = free_port()
+    worker = start(fresh_db_url, "--metrics-port", str(port))  # one tick an hour
+    try:
+
+        def failed() -> bool:
+            try:
+                return scrape(port).get('analytics_worker_ticks_total{status="error"}', 0) >= 1
+            except httpx.TransportError:
+                return False
+
+        eventually(failed)
+        samples = scrape(port)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        finish(worker, timeout=15)
+        db.execute("ALTER TABLE progress_summary_away RENAME TO progress_summary")
+        db.commit()
+    assert samples["reporting_worker_last_success_timestamp_seconds"] == pytest.approx(
+        row[0], abs=0.01
+    )
+
+
 def test_metrics_show_when_the_running_tick_started_and_zero_between_ticks(
     db: psycopg.Connection, fresh_db_url: str
 ) -> None:

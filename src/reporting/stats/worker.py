@@ -72,6 +72,7 @@ def run(
         server = metrics.serve(metrics_port, metrics_host)
         if server is None:
             return 2
+    _restore_last_success(url)
     stop = threading.Event()
     wake = threading.Event()  # set by a stop or an ingestion notification
     live = settings.worker.enable_live_updates and not once
@@ -169,6 +170,22 @@ def run_once(
         },
     )
     return Outcome.SUCCESS
+
+
+def _restore_last_success(url: str) -> None:
+    """Start the last-success gauge where the database's record of ticks says: from 0, a worker
+    restarted with a failing first tick read as "no success since 1970" to the alert on it."""
+    try:
+        with psycopg.connect(url, autocommit=True, application_name="reporting-worker") as conn:
+            row = conn.execute(
+                "SELECT extract(epoch FROM max(finished_at))::float8 FROM worker_ticks"
+                " WHERE status = 'success'"
+            ).fetchone()
+    except psycopg.Error as error:  # the first tick will say more
+        log.warning("cannot read the last successful tick", extra={"error": str(error)})
+        return
+    if row is not None and row[0] is not None:
+        metrics.reporting_worker_last_success_timestamp_seconds.set(float(row[0]))
 
 
 def _tick(conn: psycopg.Connection, settings: Settings, *, full: bool) -> TickResult:
