@@ -206,10 +206,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_secret() -> str:
-    """The demo's JWT secret: the configured one, else one kept in the data dir across runs."""
-    if os.environ.get("REPORTING_JWT_SECRET"):
-        return os.environ["REPORTING_JWT_SECRET"]
-    data_dir = Path(os.environ.get("REPORTING_DATA_DIR", "./.reporting"))
+    """The demo's JWT secret: the configured one (environment or `.env`), else one kept in the
+    configured data dir across runs."""
+    settings = _settings(require_jwt=False)
+    if settings.auth.jwt_secret is not None:
+        return settings.auth.jwt_secret.get_secret_value()
+    data_dir = settings.database.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "demo-jwt-secret"
     if not path.exists():

@@ -8,6 +8,7 @@ ready-made tokens, and stops everything on Ctrl-C.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -68,7 +69,25 @@ def _demo_tokens(auth: AuthSettings, teacher_groups: list[tuple[str, str]]) -> l
     return tokens
 
 
+def _port_taken(host: str, port: int) -> str | None:
+    """Why the API could not listen on host:port, if it could not (checked before anything
+    starts: the readiness probe would otherwise find the other server and call it ours)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return error.strerror or str(error)
+    return None
+
+
 def run(*, host: str, port: int, students: int, secret: str) -> int:
+    if (reason := _port_taken(host, port)) is not None:
+        print(
+            f"error: cannot listen on {host}:{port} ({reason}); choose another with --port",
+            file=sys.stderr,
+        )
+        return 2
     os.environ["REPORTING_JWT_SECRET"] = secret
     # The demo signs its own tokens: its processes must verify them with the same secret.
     # Empty counts as unset, and overrides a key in `.env` too.

@@ -7,6 +7,7 @@ exercised by the lifecycle tests; here the demo's own behaviour is under test).
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -125,6 +126,8 @@ def test_the_demo_prints_working_tokens_and_stops_on_ctrl_c(
     port = free_port()
     env = service_env(database_url=fresh_db_url, data_dir=tmp_path / "data")
     del env["REPORTING_JWT_SECRET"]  # the demo makes and keeps its own
+    # ... in the data dir that `.env` names (CONTRACT §4: .env is read too)
+    (tmp_path / ".env").write_text(f"REPORTING_DATA_DIR={env.pop('REPORTING_DATA_DIR')}\n")
     env["REPORTING_LOG_JSON"] = "false"
     with _demo(tmp_path, env, "--port", str(port), "--students", "40") as process:
         lines = _banner(process)
@@ -171,6 +174,9 @@ def test_the_demo_prints_working_tokens_and_stops_on_ctrl_c(
             mine = {"Authorization": f"Bearer {signed}"}
             assert client.get(f"/stats/groups/{own}", headers=mine).status_code == 200
 
+        assert (tmp_path / "data" / "demo-jwt-secret").exists()
+        assert not (tmp_path / ".reporting").exists()
+
         os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C
         assert process.wait(timeout=60) == 0
         deadline = time.monotonic() + 10
@@ -203,3 +209,23 @@ def test_a_child_killed_without_detaching_does_not_keep_the_embedded_server_up(
         subprocess.run(
             [str(BIN / "reporting"), "db", "stop"], env=env, capture_output=True, timeout=60
         )
+
+
+def test_a_port_in_use_stops_the_demo_before_it_starts_anything(
+    tmp_path: Path, fresh_db_url: str
+) -> None:
+    """Another server on the port answered the demo's readiness probe: it printed tokens for
+    that server, then its own API failed to listen."""
+    env = service_env(database_url=fresh_db_url, data_dir=tmp_path / "data")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with _demo(tmp_path, env, "--port", str(port)) as process:
+            assert process.stdout is not None
+            output = process.stdout.read()
+            assert process.wait(timeout=60) == 2, output
+    assert output.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port} (Address already in use);"
+        " choose another with --port"
+    ]
