@@ -3,7 +3,6 @@ and `export-worker`. Each builds the settings once and hands them on."""
 
 import argparse
 import gc
-import os
 import secrets
 import signal
 import subprocess
