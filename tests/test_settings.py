@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import jwt
+import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -266,3 +267,41 @@ def test_a_pkcs1_rsa_public_key_is_accepted_and_verifies_tokens(
         algorithm="RS256",
     )
     assert TokenVerifier(settings.auth).verify(token).role == "admin"
+
+
+@pytest.mark.slow
+def test_a_schema_newer_than_the_service_knows_stops_migrate_with_one_line(
+    tmp_path: Path, fresh_db_url: str
+) -> None:
+    """A database a newer version migrated: /readyz says so; migrate said it with a traceback."""
+    with psycopg.connect(fresh_db_url) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    result = subprocess.run(
+        [REPORTING, "migrate"],
+        env=_env(tmp_path, DATABASE_URL=fresh_db_url),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "error: the database's schema is newer than this version of the service knows"
+    )
+    assert "'0099'" in lines[0]
+
+
+def test_a_port_out_of_range_is_refused_by_the_command_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [REPORTING, "serve", "--port", "99999"],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "argument --port: must be between 1 and 65535, not 99999" in result.stderr
+    assert "Traceback" not in result.stderr

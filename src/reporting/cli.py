@@ -50,7 +50,11 @@ def _migrated_url(settings: Settings) -> str:
     url = _url(settings)
     if settings.database.url:
         _require_reachable(url)
-    schema.upgrade(url)
+    try:
+        schema.upgrade(url)
+    except schema.UnknownRevision as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     return url
 
 
@@ -172,6 +176,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except files.IngestFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the file's transaction rolled back
+        print(f"\ninterrupted: nothing of {path} was written", file=sys.stderr)
+        return 130
     print(summary)
     return 0
 
@@ -245,47 +252,80 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help says its default, when it has one worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port (--port 99999 was a traceback from the socket layer)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 65535, not {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reporting", description="Reporting & Analytics service")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the HTTP API and the dashboard")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        # Each option's help says its default.
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            formatter_class=_HelpWithDefaults,
+        )
+
+    serve = command("serve", "run the HTTP API and the dashboard")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=_port, default=8000, help="port to listen on")
     serve.set_defaults(func=cmd_serve)
 
-    sub.add_parser("migrate", help="create or upgrade the schema").set_defaults(func=cmd_migrate)
+    command("migrate", "create or upgrade the schema (idempotent)").set_defaults(func=cmd_migrate)
 
-    seed = sub.add_parser("seed", help="load a deterministic synthetic school")
-    seed.add_argument("--students", type=int, default=1000)
-    seed.add_argument("--groups", type=int, default=40)
-    seed.add_argument("--topics", type=int, default=40)
-    seed.add_argument("--levels", type=int, default=5)
-    seed.add_argument("--attempts", type=int, default=100_000)
-    seed.add_argument("--seed", type=int, default=1)
+    seed = command("seed", "load a deterministic synthetic school into an empty database")
+    seed.add_argument("--students", type=int, default=1000, help="students")
+    seed.add_argument("--groups", type=int, default=40, help="groups (classes)")
+    seed.add_argument("--topics", type=int, default=40, help="topics")
+    seed.add_argument("--levels", type=int, default=5, help="levels")
+    seed.add_argument("--attempts", type=int, default=100_000, help="attempts in all")
+    seed.add_argument("--seed", type=int, default=1, help="random seed: the same school again")
     seed.set_defaults(func=cmd_seed)
 
-    ingest = sub.add_parser("ingest", help="bulk-load directory data or attempts from a file")
-    ingest.add_argument("kind", choices=["directory", "attempts"])
+    ingest = command("ingest", "bulk-load directory data or attempts from a file")
+    ingest.add_argument(
+        "kind",
+        choices=["directory", "attempts"],
+        help="directory: groups, users, levels, topics; attempts: the students' attempts",
+    )
     ingest.add_argument("file", help="directory: FILE.json; attempts: FILE.jsonl or FILE.csv")
     ingest.set_defaults(func=cmd_ingest)
 
-    token = sub.add_parser("token", help="print a JWT signed with the configured secret")
+    token = command("token", "print a JWT signed with the configured secret")
     token.add_argument("--role", required=True, choices=["admin", "teacher", "service"])
     token.add_argument("--groups", default="", help="comma-separated group ids")
-    token.add_argument("--sub", required=True)
-    token.add_argument("--ttl", type=_positive_int, default=3600, help="seconds (> 0)")
-    token.add_argument("--email")
-    token.add_argument("--locale", choices=LOCALES)
+    token.add_argument("--sub", required=True, help="the subject (who the token is for)")
+    token.add_argument("--ttl", type=_positive_int, default=3600, help="lifetime in seconds")
+    token.add_argument("--email", help="where export notifications go")
+    token.add_argument("--locale", choices=LOCALES, help="the language of notifications")
     token.set_defaults(func=cmd_token)
 
-    demo = sub.add_parser("demo", help="embedded database, demo school, API and both workers")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
-    demo.add_argument("--students", type=int, default=300)
+    demo = command("demo", "embedded database, demo school, API and both workers")
+    demo.add_argument("--host", default="127.0.0.1", help="address the API listens on")
+    demo.add_argument("--port", type=_port, default=8000, help="port the API listens on")
+    demo.add_argument("--students", type=int, default=300, help="students of the demo school")
     demo.set_defaults(func=cmd_demo)
 
-    db = sub.add_parser("db", help="the embedded PostgreSQL: print its URL or stop it")
+    db = command("db", "the embedded PostgreSQL: print its URL or stop it")
     db.add_argument("action", choices=["url", "stop"])
     db.set_defaults(func=cmd_db)
     return parser
@@ -301,11 +341,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- workers -----------------------------------------------------------------------------------
 
 
-def _worker_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--once", action="store_true", help="run one tick and exit")
-    parser.add_argument("--metrics-port", type=int, help="serve /metrics on this port")
-    parser.add_argument("--metrics-host", default="127.0.0.1")
+def _worker_parser(prog: str, description: str, once: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=_HelpWithDefaults
+    )
+    parser.add_argument("--once", action="store_true", help=once)
+    parser.add_argument("--metrics-port", type=_port, help="serve /metrics on this port")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics")
     return parser
 
 
@@ -313,7 +355,11 @@ def reporting_worker(argv: Sequence[str] | None = None) -> int:
     from reporting.stats import worker
 
     _exit_on_sigterm()  # until worker.run takes over the signals (e.g. during migrations)
-    parser = _worker_parser("reporting-worker", "the analytics worker")
+    parser = _worker_parser(
+        "reporting-worker",
+        "the analytics worker: a tick every REPORTING_WORKER_INTERVAL_SECS",
+        "run one tick and exit (0: it succeeded, or another worker was ticking)",
+    )
     parser.add_argument("--full", action="store_true", help="recompute everything from scratch")
     args = parser.parse_args(argv)
     settings = _settings(require_jwt=False)
@@ -332,7 +378,11 @@ def export_worker(argv: Sequence[str] | None = None) -> int:
     from reporting.exports import worker
 
     _exit_on_sigterm()  # until worker.run takes over the signals (e.g. during migrations)
-    args = _worker_parser("export-worker", "the export worker").parse_args(argv)
+    args = _worker_parser(
+        "export-worker",
+        "the export worker: produces requested exports as soon as they come",
+        "produce what is pending, deliver due notifications, and exit (1 if an export failed)",
+    ).parse_args(argv)
     settings = _settings(require_jwt=False)
     url = _migrated_url(settings)
     return worker.run(

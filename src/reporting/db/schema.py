@@ -7,6 +7,7 @@ import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -26,9 +27,23 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+class UnknownRevision(Exception):
+    """The database's schema is at a revision these migrations do not know (a newer version of
+    the service migrated it); str() is one line saying so."""
+
+
 def upgrade(url: str) -> None:
     """Create or upgrade the schema to the newest revision; safe to run concurrently."""
-    command.upgrade(alembic_config(url), "head")
+    try:
+        command.upgrade(alembic_config(url), "head")
+    except CommandError as error:
+        if "Can't locate revision" not in str(error):
+            raise
+        raise UnknownRevision(
+            f"the database's schema is newer than this version of the service knows"
+            f" (its migrations end at {head_revision()}; {error}): run the newer version,"
+            " or restore a backup made before it migrated"
+        ) from None
 
 
 @cache  # the migrations on disk do not change while the process runs; /readyz asks often

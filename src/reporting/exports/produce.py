@@ -173,7 +173,8 @@ def _fail(
     if not held:
         return Outcome(str(job.id), job.format, "lost")
     metrics.exports_failed_total.labels(job.format).inc()
-    log.warning("export %s failed: %s", job.id, error, extra={"export_id": str(job.id)})
+    # error: the runbooks look for it (ExportsNotGenerated, ExportWorkerTickFailed)
+    log.error("export %s failed: %s", job.id, error, extra={"export_id": str(job.id)})
     return Outcome(str(job.id), job.format, "failed", error)
 
 
