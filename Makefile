@@ -40,5 +40,5 @@ stop-db: ## stop the embedded PostgreSQL of ./.reporting
 	$(BIN)/reporting db stop
 
 clean: ## remove the virtualenv and the demo data
-	-$(BIN)/reporting db stop
+	-$(BIN)/reporting db stop --force
 	rm -rf $(VENV) .reporting

@@ -165,7 +165,7 @@ def bench_database(args: argparse.Namespace) -> Iterator[str]:
         if data_dir is not None:
             from reporting.db import embedded
 
-            embedded.stop_server(data_dir)
+            embedded.stop_server(data_dir, force=True)
             shutil.rmtree(data_dir, ignore_errors=True)
 
 

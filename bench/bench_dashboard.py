@@ -206,7 +206,7 @@ def demo_database(server_url: str | None) -> Iterator[str]:
         if data_dir is not None:
             from reporting.db import embedded
 
-            embedded.stop_server(data_dir)
+            embedded.stop_server(data_dir, force=True)
             shutil.rmtree(data_dir, ignore_errors=True)
 
 

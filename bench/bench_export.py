@@ -76,7 +76,7 @@ def scratch_database() -> Iterator[str]:
         if data_dir is not None:
             from reporting.db import embedded
 
-            embedded.stop_server(data_dir)
+            embedded.stop_server(data_dir, force=True)
 
 
 def load_school(url: str) -> int:

