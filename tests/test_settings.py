@@ -1,6 +1,7 @@
 """A bad or missing setting stops the real console script at start with one line naming the
 variable (CONTRACT §4); good ones, from the environment or `.env`, are read."""
 
+import json
 import os
 import socket
 import subprocess
@@ -239,7 +240,20 @@ def test_a_short_jwt_secret_is_accepted_with_a_warning_and_an_empty_one_is_missi
     monkeypatch.setenv("REPORTING_JWT_SECRET", "secret")
     secret = load_settings().auth.jwt_secret
     assert secret is not None and secret.get_secret_value() == "secret"
-    assert "REPORTING_JWT_SECRET is shorter than 32 bytes" in caplog.text
+    # Logged by the process once its logging is set up: a JSON line like every other.
+    result = subprocess.run(
+        [REPORTING, "token", "--role", "admin", "--sub", "me"],
+        env=_env(tmp_path, REPORTING_JWT_SECRET="secret"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "warning"
+    assert record["msg"].startswith("REPORTING_JWT_SECRET is shorter than 32 bytes")
 
     monkeypatch.setenv("REPORTING_JWT_SECRET", "")
     with pytest.raises(SettingsError, match=r"^missing setting REPORTING_JWT_SECRET: "):

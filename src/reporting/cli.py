@@ -3,12 +3,14 @@ and `export-worker`. Each builds the settings once and hands them on."""
 
 import argparse
 import gc
+import logging
 import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit, urlunsplit
@@ -35,6 +37,8 @@ def _settings(*, require_jwt: bool) -> Settings:
     from reporting.observability import configure_logging
 
     configure_logging(settings.log)
+    for warning in settings.warnings():
+        logging.getLogger("reporting.settings").warning(warning)
     return settings
 
 
@@ -141,6 +145,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
         levels=args.levels,
         attempts=args.attempts,
         seed=args.seed,
+        until=args.until,
     )
     started = time.perf_counter()
     try:
@@ -276,6 +281,15 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _utc_moment(text: str) -> datetime:
+    """An argparse type: an ISO date (its midnight) or datetime, read as UTC without an offset."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date or datetime: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _port(text: str) -> int:
     """An argparse type: a TCP port (--port 99999 was a traceback from the socket layer)."""
     try:
@@ -314,6 +328,12 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--levels", type=int, default=5, help="levels")
     seed.add_argument("--attempts", type=int, default=100_000, help="attempts in all")
     seed.add_argument("--seed", type=int, default=1, help="random seed: the same school again")
+    seed.add_argument(
+        "--until",
+        type=_utc_moment,
+        help="the end of the year of attempts (ISO date or datetime, UTC; default now): with"
+        " it, the same options give the same rows on any day",
+    )
     seed.set_defaults(func=cmd_seed)
 
     ingest = command("ingest", "bulk-load directory data or attempts from a file")

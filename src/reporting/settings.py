@@ -100,14 +100,13 @@ class AuthSettings(BaseSettings):
     def _secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None  # empty is unset, as for the audience
-        # The contract sets no minimum, and the platform that issues the tokens owns the secret:
-        # a short one is accepted, with a warning (RFC 7518 asks for 32+ bytes for HS256).
-        if len(value.get_secret_value().encode()) < 32:
-            log.warning(
-                "REPORTING_JWT_SECRET is shorter than 32 bytes: tokens signed with it are easier"
-                " to forge by guessing it; use 32 or more random characters"
-            )
         return value
+
+    @property
+    def weak_secret(self) -> bool:
+        """The contract sets no minimum, and the platform that issues the tokens owns the
+        secret: a short one is accepted, with a warning (RFC 7518 asks for 32+ bytes for HS256)."""
+        return self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < 32
 
     @field_validator("jwt_audience", "jwt_issuer")
     @classmethod
@@ -343,6 +342,17 @@ class Settings:
         self.notify = notify
         self.log = log
         self.api = api
+
+    def warnings(self) -> list[str]:
+        """What is accepted but unwise, for the process to log once its logging is set up (as
+        JSON lines when REPORTING_LOG_JSON, like everything else it logs)."""
+        found = []
+        if self.auth.weak_secret:
+            found.append(
+                "REPORTING_JWT_SECRET is shorter than 32 bytes: tokens signed with it are easier"
+                " to forge by guessing it; use 32 or more random characters"
+            )
+        return found
 
 
 _SECTIONS: dict[str, type[BaseSettings]] = {

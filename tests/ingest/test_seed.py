@@ -167,6 +167,7 @@ def test_the_console_script_seeds_once_and_then_refuses(fresh_db_url: str) -> No
         "--levels=2",
         "--attempts=5000",
         "--seed=3",
+        "--until=2026-06-01",  # the same rows on any day
     ]
     env = service_env(
         database_url=fresh_db_url, data_dir=None, extra={"REPORTING_LOG_JSON": "false"}
@@ -180,3 +181,9 @@ def test_the_console_script_seeds_once_and_then_refuses(fresh_db_url: str) -> No
     assert second.returncode == 1
     assert "error: the database is not empty (4 groups, 50 users" in second.stderr
     assert count(fresh_db_url) == 5000
+    # The year of attempts ends at --until (midnight UTC of that date).
+    with psycopg.connect(fresh_db_url) as conn:
+        row = conn.execute("SELECT min(attempted_at), max(attempted_at) FROM attempts").fetchone()
+    assert row is not None
+    until = datetime(2026, 6, 1, tzinfo=UTC)
+    assert until - timedelta(days=366) <= row[0] and row[1] <= until

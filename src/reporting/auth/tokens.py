@@ -5,17 +5,23 @@ type) when REPORTING_JWT_PUBLIC_KEY is set. Pinning it closes `alg: none` and HS
 """
 
 import time
+import warnings
 from collections import OrderedDict
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.warnings import InsecureKeyLengthWarning
 
 from reporting.auth.scope import Scope
 from reporting.errors import Unauthorized
 from reporting.locales import LOCALES
 from reporting.settings import AuthSettings
+
+# A short REPORTING_JWT_SECRET is logged once at start (Settings.warnings); PyJWT's own warning
+# said it again, unformatted, for every token signed or verified.
+warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 
 ROLES = ("admin", "teacher", "service")
 
