@@ -105,6 +105,11 @@ def materialized_stats(school: School) -> dict[tuple[str, str], StatRow]:
     return rows
 
 
+def score_key(score: float) -> int:
+    """How boards compare scores: to 6 decimal places (0.1 + 0.2 + 0.3 ties 0.6)."""
+    return round(score * 1e6)
+
+
 def _board(school: School, attempts: list[Attempt], size: int) -> list[Ranking]:
     names = {u.id: u.display_name for u in school.users}
     entries = []
@@ -112,12 +117,13 @@ def _board(school: School, attempts: list[Attempt], size: int) -> list[Ranking]:
         score = sum(a.score for a in mine)
         accuracy = sum(a.is_correct for a in mine) / len(mine)
         entries.append((user_id, score, accuracy, len(mine)))
-    # score desc, accuracy desc, user_id asc (byte order: the ids are compared as COLLATE "C")
+    # score desc, accuracy desc, user_id asc (byte order: the ids are compared as COLLATE "C");
+    # scores compared to 6 decimal places, so that equal totals tie however they were added up
     entries.sort(key=lambda e: e[0].encode())
-    entries.sort(key=lambda e: (-e[1], -e[2]))
+    entries.sort(key=lambda e: (-score_key(e[1]), -e[2]))
     return [
         Ranking(
-            rank=1 + sum(1 for other in entries if other[1] > score),
+            rank=1 + sum(1 for other in entries if score_key(other[1]) > score_key(score)),
             user_id=user_id,
             display_name=names[user_id],
             score=score,

@@ -158,6 +158,37 @@ def test_leaderboard_ties_stay_exact_when_ranks_shift(
     assert_a_full_recompute_agrees(db, settings)
 
 
+def test_equal_totals_tie_however_their_scores_were_added_up(
+    db: psycopg.Connection, fresh_db_url: str
+) -> None:
+    """0.1 + 0.2 + 0.3 and 0.3 + 0.2 + 0.1 are both 0.6 to anyone but a float: the three rank 1,
+    in user id order (their accuracies are equal), in the full tick and the incremental one."""
+    settings = worker_settings(fresh_db_url)
+    fresh_load(db, tie_school())
+    for user in ("ux", "uy", "uz"):
+        make_user(db, user, ["g1"])
+    aggregate.tick(db, settings)
+    for score in (0.1, 0.2, 0.3):  # one tick after each, as live ingestion adds them up
+        make_attempts(db, [Attempt("ux", "g1", "t1", is_correct=True, score=score)])
+        tick_incrementally(db, settings)
+    make_attempts(
+        db,
+        [Attempt("uy", "g1", "t1", is_correct=True, score=0.6)]
+        + [Attempt("uz", "g1", "t1", is_correct=True, score=s) for s in (0.3, 0.2, 0.1)],
+    )
+    tick_incrementally(db, settings)
+
+    def tied() -> list[tuple[str, int]]:
+        row = db.execute("SELECT rankings FROM leaderboards WHERE scope = 'group'").fetchone()
+        assert row is not None
+        return [(r["user_id"], r["rank"]) for r in row[0] if r["user_id"] in ("ux", "uy", "uz")]
+
+    ranks = [rank for _, rank in tied()]
+    assert tied() == [("ux", ranks[0]), ("uy", ranks[0]), ("uz", ranks[0])]
+    assert_a_full_recompute_agrees(db, settings)
+    assert tied() == [("ux", ranks[0]), ("uy", ranks[0]), ("uz", ranks[0])]
+
+
 def test_documents_that_lost_entries_are_rebuilt_whole(
     db: psycopg.Connection, fresh_db_url: str
 ) -> None:

@@ -226,15 +226,27 @@ SELECT CASE grain WHEN 0 THEN 'topic' WHEN 1 THEN 'level' ELSE 'school' END,
 FROM rollup GROUP BY grain, level_ord, topic_ord
 """
 
+# How boards compare scores. A score is a float sum of decimal scores, and the same total added
+# in another order differs in its last bits (0.1 + 0.2 + 0.3 > 0.3 + 0.2 + 0.1 = 0.6): the ranks
+# of equal totals depended on the order of the additions, and a live board could disagree with
+# a full recompute. Compared to 6 decimal places (far below any score's own precision, far above
+# the noise of the additions), equal totals tie, as CONTRACT §2 means. The score shown is the sum.
+SCORE_RANK_KEY: LiteralString = "round(score * 1e6)"
+# Two scores whose keys are equal differ by less than this (the incremental tick's threshold).
+SCORE_RANK_SLACK = 1e-6
+
 # Candidates for this half's boards (scope 0: global, 1: group, 2: level). rank() over (score,
 # accuracy) <= N keeps everyone who can reach the top N whatever the final tie-break on user id,
 # and sorts numbers only; the user ids join the few survivors.
-_CANDIDATES = """
+_CANDIDATES = (
+    """
 CREATE UNLOGGED TABLE candidates AS
 SELECT p.scope, p.scope_key, u.id AS user_id, u.display_name, p.score, p.accuracy, p.attempts
 FROM (
-    SELECT *, rank() OVER (PARTITION BY scope, scope_key ORDER BY score DESC, accuracy DESC)
-        AS prerank
+    SELECT *, rank() OVER (PARTITION BY scope, scope_key
+                           ORDER BY """
+    + SCORE_RANK_KEY
+    + """ DESC, accuracy DESC) AS prerank
     FROM (
         SELECT 0 AS scope, 0 AS scope_key, user_key, attempts, score,
                correct::float8 / attempts AS accuracy
@@ -250,6 +262,7 @@ FROM (
 JOIN users u ON u.key = p.user_key
 WHERE p.prerank <= %(size)s
 """
+)
 
 # The progress_summary documents of this half's users (all of them: see the module docstring).
 # The rollup rows arrive already ordered by (user, ordinal), so the sorts below find their input
@@ -436,13 +449,18 @@ CREATE UNIQUE INDEX scope_sums_key ON scope_sums (type, key_1, key_2);
 
 # Each board's `rankings` from its `candidates` (scope, scope_key, user_id, display_name, score,
 # accuracy, attempts): the top %(size)s; rank = 1 + users with a strictly greater score
-# (1, 2, 2, 4), so rank() over score alone. Also the incremental ticks' (incremental.py).
-BOARD_RANKINGS: LiteralString = """
+# (1, 2, 2, 4), so rank() over score alone (SCORE_RANK_KEY). Also the incremental ticks'.
+BOARD_RANKINGS: LiteralString = (
+    """
 ranked AS (
     SELECT c.*,
-           rank() OVER (PARTITION BY scope, scope_key ORDER BY score DESC) AS rank,
+           rank() OVER (PARTITION BY scope, scope_key ORDER BY """
+    + SCORE_RANK_KEY
+    + """ DESC) AS rank,
            row_number() OVER (PARTITION BY scope, scope_key
-                              ORDER BY score DESC, accuracy DESC, user_id) AS position
+                              ORDER BY """
+    + SCORE_RANK_KEY
+    + """ DESC, accuracy DESC, user_id) AS position
     FROM candidates c
 ),
 board AS (
@@ -455,6 +473,7 @@ board AS (
     GROUP BY scope, scope_key
 )
 """
+)
 
 _BOARDS: LiteralString = (
     "CREATE UNLOGGED TABLE boards AS WITH"

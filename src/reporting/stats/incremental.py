@@ -395,8 +395,9 @@ WHERE b.computed_at < now() - %(refresh_age)s::interval
 """
 
 # Per board and half: the N best scores, through the board index; every user at or above the
-# N-th best of both halves is a candidate, so rank() over the candidates is the true rank. The
-# columns are those aggregate.BOARD_RANKINGS reads.
+# N-th best of both halves is a candidate, so rank() over the candidates is the true rank. Less
+# the slack of aggregate.SCORE_RANK_KEY: a total that ties the N-th once compared to 6 decimal
+# places may lie a float's last bits below it. The columns are those BOARD_RANKINGS reads.
 _BOARD_CANDIDATES: LiteralString = """
 CREATE TEMP TABLE candidates ON COMMIT DROP AS
 WITH threshold AS (
@@ -424,7 +425,7 @@ SELECT t.scope, t.key_1 AS scope_key, u.id AS user_id, u.display_name, s.score,
 FROM threshold t
 JOIN {user_scope} s
     ON s.scope < 3 AND s.scope = t.scope AND s.key_1 = t.key_1 AND s.key_2 = 0
-   AND s.score >= t.min_score
+   AND s.score >= t.min_score - %(score_slack)s
 JOIN users u ON u.key = s.user_key
 """
 
@@ -494,6 +495,7 @@ def _fold(conn: psycopg.Connection, settings: Settings, durations: dict[str, flo
         params = {
             "size": settings.worker.leaderboard_size,
             "ttl_hours": aggregate.LEADERBOARD_TTL_HOURS,
+            "score_slack": aggregate.SCORE_RANK_SLACK,
         }
         conn.execute(_board_candidates(), params)
         boards = conn.execute(_BOARDS, params).rowcount

@@ -38,6 +38,10 @@ class StatRead(_Read):
 
 
 class RankingEntry(_Read):
+    """`rank` = 1 + the learners of the scope with a strictly greater score (1, 2, 2, 4); order:
+    score desc, accuracy desc, user_id asc. Scores are compared to 6 decimal places: totals of
+    fractional scores added up in another order differ in a float's last bits, and tie."""
+
     rank: int
     user_id: str
     display_name: str
