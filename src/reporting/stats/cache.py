@@ -6,14 +6,16 @@ listening on `stats_changed`: an entry is dropped by the notification that names
 groups (or by any notification if it depends on the whole school). While the listener is
 disconnected nothing is cached, and everything is dropped when it reconnects.
 
-An invalidated entry is not thrown away at once: while no fill is running it is refilled before
-it is answered (so a reader right after a change sees the change), but when FRESH_FILL_LIMIT
-fills are already running (a tick that changed every page, under load) it is served once more
-while at most BACKGROUND_REFRESH_LIMIT background refreshes renew the pages one by one. Measured
-at 2,000 pages and 64 connections (bench/bench_api_under_tick.py): dropping them all at once
-made every request a fill, and p99 rose from ~30 ms to ~900 ms for the 25 s the refill took;
-with two fresh fills allowed, the readers that waited for one (~1 in 20 under that load) still
-made p99 ~130 ms.
+An invalidated entry is refilled before it is answered, so a reader right after a change sees
+the change. One case is different: a change of more than BIG_CHANGE_PAGES pages (a full tick
+changes every group's) while a fill is already running. Then an invalidated page is served once
+more, while at most BACKGROUND_REFRESH_LIMIT background refreshes renew the pages one by one,
+until few enough are left. Measured at 2,000 pages and 64 connections
+(bench/bench_api_under_tick.py): refilling every page before answering it made p99 ~900 ms for
+the 25 s the refill took (and ~110 ms with eight fills at a time), against ~13 ms this way.
+Below that size, waiting for the fills costs little, and readers asking at once right after a
+tick (a client reading a group's pages in parallel) all see it: with the stale answers allowed
+for any change, fifteen such readers got twelve pages as they were before the tick.
 
 As a safety net for a change that came without a notification, an entry is refreshed once it is
 older than `ttl_seconds` (jittered, so pages filled together do not all refresh together): the
@@ -68,8 +70,9 @@ class CachedBody:
 
 # Under this size gzip saves less than its own cost.
 GZIP_MIN_BYTES = 1024
-# Fills running at once beyond which an invalidated entry is served stale (see the docstring),
-# and background refreshes running at once at most.
+# Invalidated pages beyond which a change is big, and fills running at once beyond which a page
+# of a big change is served stale (see the docstring); background refreshes at once at most.
+BIG_CHANGE_PAGES = 64
 FRESH_FILL_LIMIT = 1
 BACKGROUND_REFRESH_LIMIT = 2
 
@@ -132,6 +135,7 @@ class ResponseCache:
         self._refreshes: set[asyncio.Task[CachedBody]] = set()
         # Bumped by every invalidation: a fill that started before one must not be stored.
         self._generation = 0
+        self._invalidated = 0  # entries marked invalidated and not refilled or dropped since
         self.active = False
         self.hits = 0
         self.misses = 0
@@ -161,6 +165,7 @@ class ResponseCache:
         self._generation += 1
         self._entries.clear()
         self._bytes = 0
+        self._invalidated = 0
 
     def invalidate(self, group_ids: Iterable[str] | None) -> int:
         """Mark what depends on these groups (None: everything) as changed; returns how many
@@ -170,7 +175,9 @@ class ResponseCache:
         count = 0
         for entry in self._entries.values():
             if changed is None or entry.groups is None or not entry.groups.isdisjoint(changed):
-                entry.invalidated = True
+                if not entry.invalidated:
+                    entry.invalidated = True
+                    self._invalidated += 1
                 count += 1
         return count
 
@@ -191,9 +198,10 @@ class ResponseCache:
             entry is not None
             and entry.invalidated
             and not fresh
+            and self._invalidated > BIG_CHANGE_PAGES
             and len(self._pending) >= FRESH_FILL_LIMIT
         ):
-            # Busy refilling after a change: this page's previous answer, once more.
+            # Busy refilling after a big change: this page's previous answer, once more.
             self.served_stale += 1
             if key not in self._pending and len(self._refreshes) < BACKGROUND_REFRESH_LIMIT:
                 self._refresh_in_background(key, fill)
@@ -289,6 +297,8 @@ class ResponseCache:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= entry.cached.size
+            if entry.invalidated:
+                self._invalidated -= 1
 
 
 # NOTIFY payloads must stay under 8000 bytes: beyond this, "every group" (null) is sent instead.
