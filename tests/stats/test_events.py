@@ -2,6 +2,7 @@
 rules, the stream's format, NOTIFY stats_changed reaching it, pings, the subscriber count, the
 cap, and a `reporting serve` process that stops promptly with a stream open."""
 
+import base64
 import contextlib
 import itertools
 import json
@@ -22,6 +23,7 @@ from reporting.context import AppContext
 from reporting.settings import WorkerSettings
 from reporting.stats.cache import LISTENER_APPLICATION_NAME
 from reporting.stats.events import (
+    MAX_STREAMS_PER_SUBJECT,
     MAX_SUBSCRIBERS,
     PING_SECONDS,
     StatsChange,
@@ -90,6 +92,7 @@ def server(live: Server) -> Iterator[Server]:
     yield live
     live.hub.ping_seconds = PING_SECONDS
     live.hub.max_subscribers = MAX_SUBSCRIBERS
+    live.hub.max_per_subject = MAX_STREAMS_PER_SUBJECT
 
 
 @pytest.fixture
@@ -383,6 +386,47 @@ def test_beyond_the_cap_is_503(
     assert refused.status_code == 503
     assert refused.headers["content-type"] == "application/problem+json"
     assert int(refused.headers["retry-after"]) > 0
+
+
+def test_a_stream_ends_when_its_token_expires(
+    server: Server, client: httpx.Client, make_token: TokenFactory, school_url: str
+) -> None:
+    """A refused token must not keep receiving events: the client comes back with a fresh one."""
+    server.hub.ping_seconds = 0.3
+    token = make_token("teacher", groups=["g1"], ttl=3)
+    expires_at = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==").decode())["exp"]
+    with _open(client, server, token) as stream:
+        _notify(school_url, {"group_ids": ["g1"]})
+        assert stream.next_event().event == "stats_changed"  # valid: told
+        with pytest.raises(AssertionError, match="the stream ended"):
+            while time.time() < expires_at + 5:  # pings keep coming while it stays open
+                stream.next()
+        ended = time.time()
+    assert expires_at <= ended < expires_at + 2
+    assert _until(lambda: len(server.hub) == 0)
+
+
+def test_one_user_cannot_take_every_stream(
+    server: Server, client: httpx.Client, make_token: TokenFactory
+) -> None:
+    server.hub.max_per_subject = 2
+    greedy = make_token("teacher", groups=["g1"], sub="greedy")
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(httpx.Client(timeout=WITHIN_SECS)) for _ in range(3)]
+        for http in clients[:2]:
+            stack.enter_context(_open(http, server, greedy))
+        refused = clients[2].get(
+            f"{server.base_url}/stats/groups/g1/events", headers=_bearer(greedy)
+        )
+        assert refused.status_code == 429
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert int(refused.headers["retry-after"]) > 0
+        # Another user is not held up by that one.
+        with _open(clients[2], server, make_token("teacher", groups=["g1"], sub="other")):
+            assert len(server.hub) == 3
+    assert _until(lambda: len(server.hub) == 0)
+    with _open(client, server, greedy):  # the slots come back as streams close
+        pass
 
 
 def test_a_slow_reader_costs_one_pending_change() -> None:

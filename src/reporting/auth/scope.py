@@ -20,6 +20,9 @@ class Scope:
     group_ids: frozenset[str] = field(default_factory=frozenset)
     email: str | None = None
     locale: str | None = None
+    # When the token stops being valid (its `exp`, epoch seconds); what lasts longer than a
+    # request (an event stream) ends then.
+    expires_at: float | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -55,6 +55,8 @@ def scope_from_claims(claims: dict[str, Any]) -> Scope:
         group_ids=frozenset(group_ids),
         email=email if isinstance(email, str) and email else None,
         locale=locale if locale in LOCALES else None,
+        # PyJWT has checked `exp` is a number (and required it)
+        expires_at=float(claims["exp"]) if "exp" in claims else None,
     )
 
 

@@ -6,7 +6,9 @@ hands every payload to `StatsEventHub.publish` right after the cache dropped wha
 page that refetches on the event never gets the stale answer. A stream is a `Subscription` to one
 group holding at most one pending change: a newer tick overwrites an unsent one (a dashboard only
 needs "changed"), so a slow or stalled client costs constant memory. At most `MAX_SUBSCRIBERS`
-streams per process; beyond that 503.
+streams per process (beyond that 503), and `MAX_STREAMS_PER_SUBJECT` of one token's subject
+(beyond that 429: one user's tabs cannot take every slot). A stream ends when its token expires:
+the client reconnects with a fresh one (or is refused).
 
 Every block that moves a stream on carries an event id (see StatsEventHub), the opening one
 too unless a missed change follows it at once. A client that reconnects with its Last-Event-ID
@@ -21,9 +23,11 @@ finishes by itself, so SIGTERM/SIGINT close the hub first (`closed_on_exit_signa
 import asyncio
 import contextlib
 import json
+import math
 import secrets
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
@@ -33,7 +37,7 @@ from starlette.types import Receive, Scope, Send
 
 from reporting.auth.scope import Scope as AccessScope
 from reporting.db.engine import Database
-from reporting.errors import NotFound, ServiceUnavailable
+from reporting.errors import NotFound, ServiceUnavailable, TooManyRequests
 from reporting.stats import service
 from reporting.stats.cache import ResponseCache, changed_groups
 
@@ -43,6 +47,8 @@ RETRY_MILLISECONDS = 3000
 # Each stream is a socket and a few hundred bytes here; the cap keeps a reconnect storm or a
 # leaky client from taking the process's file descriptors.
 MAX_SUBSCRIBERS = 1000
+# A teacher's tabs, each following a group: a few, not hundreds.
+MAX_STREAMS_PER_SUBJECT = 20
 
 LIVE_UPDATES_OFF = "Live updates are off on this server (REPORTING_ENABLE_LIVE_UPDATES=false)."
 STREAM_HEADERS = {
@@ -78,10 +84,23 @@ class Subscription:
     """One stream's view of one group: whether a change is unsent, its event id, and the newest
     tick seen."""
 
-    __slots__ = ("_wake", "closed", "event_id", "group_id", "pending", "tick_id")
+    __slots__ = (
+        "_wake",
+        "closed",
+        "event_id",
+        "expires_at",
+        "group_id",
+        "pending",
+        "sub",
+        "tick_id",
+    )
 
-    def __init__(self, group_id: str, event_id: str) -> None:
+    def __init__(
+        self, group_id: str, event_id: str, *, sub: str = "", expires_at: float | None = None
+    ) -> None:
         self.group_id = group_id
+        self.sub = sub
+        self.expires_at = expires_at  # epoch seconds: the stream ends then (its token's exp)
         self.event_id = event_id  # where the stream stands: the opening block's id, then events'
         self.tick_id: int | None = None
         self.pending = False
@@ -139,15 +158,18 @@ class StatsEventHub:
         *,
         enabled: bool = False,
         max_subscribers: int = MAX_SUBSCRIBERS,
+        max_per_subject: int = MAX_STREAMS_PER_SUBJECT,
         ping_seconds: float = PING_SECONDS,
     ) -> None:
         self.enabled = enabled
         self.max_subscribers = max_subscribers
+        self.max_per_subject = max_per_subject
         self.ping_seconds = ping_seconds
         self.closed = False
         self.published = 0
         self.instance = secrets.token_hex(6)
         self._by_group: dict[str, set[Subscription]] = {}
+        self._by_sub: dict[str, int] = {}
         self._count = 0
         # Per group, and for "every group": the number of the last change, and its newest tick.
         self._changed: dict[str, int] = {}
@@ -184,22 +206,37 @@ class StatsEventHub:
             for subscription in self._by_group.get(group_id, ()):
                 subscription.notify(tick, event_id)
 
-    def subscribe(self, group_id: str, last_event_id: str | None = None) -> Subscription:
-        """A new stream of `group_id`; 503 when the process is full or shutting down. A stream
-        that reconnects with `last_event_id` starts with what it missed since, if anything."""
+    def subscribe(
+        self,
+        group_id: str,
+        last_event_id: str | None = None,
+        *,
+        sub: str = "",
+        expires_at: float | None = None,
+    ) -> Subscription:
+        """A new stream of `group_id` for subject `sub`, ending at `expires_at`; 503 when the
+        process is full or shutting down, 429 when `sub` has its share open. A stream that
+        reconnects with `last_event_id` starts with what it missed since, if anything."""
         if self.closed:
             raise ServiceUnavailable("The server is shutting down.", headers={"Retry-After": "5"})
         if self._count >= self.max_subscribers:
             raise ServiceUnavailable(
                 "Too many live update streams on this server.", headers={"Retry-After": "30"}
             )
-        subscription = Subscription(group_id, self.event_id)
+        if self._by_sub.get(sub, 0) >= self.max_per_subject:
+            raise TooManyRequests(
+                f"Too many live update streams open for this user (at most"
+                f" {self.max_per_subject}): close some tabs.",
+                headers={"Retry-After": "30"},
+            )
+        subscription = Subscription(group_id, self.event_id, sub=sub, expires_at=expires_at)
         if last_event_id and self._missed(group_id, last_event_id):
             ticks = [
                 t for t in (self._last_tick.get(group_id), self._last_tick_all) if t is not None
             ]
             subscription.notify(max(ticks, default=None), self.event_id)
         self._by_group.setdefault(group_id, set()).add(subscription)
+        self._by_sub[sub] = self._by_sub.get(sub, 0) + 1
         self._count += 1
         return subscription
 
@@ -220,6 +257,11 @@ class StatsEventHub:
         subscriptions.discard(subscription)
         if not subscriptions:
             del self._by_group[subscription.group_id]
+        left = self._by_sub[subscription.sub] - 1
+        if left:
+            self._by_sub[subscription.sub] = left
+        else:
+            del self._by_sub[subscription.sub]
         self._count -= 1
 
     def close(self) -> None:
@@ -233,9 +275,16 @@ class StatsEventHub:
         """The stream's bytes: the opening block, then changes and pings."""
         yield subscription.opening()
         while not subscription.closed:
+            left = math.inf
+            if subscription.expires_at is not None:
+                left = subscription.expires_at - time.time()
+                if left <= 0:
+                    return  # the token expired: the client comes back with a fresh one
             # Re-read each time: tests shorten the interval on a running hub.
-            if not await subscription.wait(self.ping_seconds):
-                yield _PING
+            ping = self.ping_seconds
+            if not await subscription.wait(min(ping, left)):
+                if left > ping:
+                    yield _PING
             elif subscription.pending and not subscription.closed:
                 yield subscription.take()
 
@@ -274,7 +323,13 @@ async def follow_group(
     if not hub.enabled:
         raise NotFound(LIVE_UPDATES_OFF)
     await service.read_group(db, cache, scope, group_id)
-    return EventStream(hub, hub.subscribe(group_id, (last_event_id or "").strip() or None))
+    subscription = hub.subscribe(
+        group_id,
+        (last_event_id or "").strip() or None,
+        sub=scope.sub,
+        expires_at=scope.expires_at,
+    )
+    return EventStream(hub, subscription)
 
 
 _Handler = Callable[[int, FrameType | None], object]

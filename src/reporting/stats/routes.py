@@ -106,13 +106,18 @@ async def read_group_stats(group_id: PathId, caller: CurrentCaller, request: Req
             "(REPORTING_ENABLE_LIVE_UPDATES=false)",
             "content": _PROBLEM,
         },
+        429: {
+            "description": "Too many streams open for this token's subject (Retry-After)",
+            "content": _PROBLEM,
+        },
         503: {"description": "Too many open streams on this server", "content": _PROBLEM},
     },
     summary="Server-Sent Events: this group's statistics changed",
     description="The same access rules as GET /stats/groups/{id}. An event carries no numbers: "
     "read the group again. Event ids are opaque. A reconnecting client that sends its "
     "`Last-Event-ID` is told at once if the group changed since; always when the id is not "
-    "one this server process handed out (another API worker, a restart, a malformed id).",
+    "one this server process handed out (another API worker, a restart, a malformed id). "
+    "The stream ends when the token expires.",
 )
 async def follow_group_stats(
     group_id: PathId,
