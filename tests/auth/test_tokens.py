@@ -197,6 +197,14 @@ async def test_a_refused_token_gets_the_bearer_challenge_and_says_why(
     # CONTRACT §5: "401 with `WWW-Authenticate: Bearer`", for every reason
     assert expired.headers["www-authenticate"] == missing.headers["www-authenticate"] == "Bearer"
     assert expired.json()["detail"] == "The token has expired."
+    assert missing.json()["detail"] == "A bearer token is required: Authorization: Bearer <JWT>."
+    # Why, in words for the caller: not the decoder's own ("'utf-8' codec can't decode byte")
+    garbage = await _get(hs_api, "Bearer abc.def.ghi")
+    assert garbage.json()["detail"] == "The token is malformed: not a JWT this server can read."
+    forged = await _get(hs_api, f"Bearer {_tampered()}")
+    assert forged.json()["detail"] == (
+        "The token's signature does not verify (signed with another key?)."
+    )
 
 
 async def test_hs_rs_confusion_is_401(

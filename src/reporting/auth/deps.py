@@ -34,7 +34,7 @@ class BearerScope(HTTPBearer):
         scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise Unauthorized()
+            raise Unauthorized("A bearer token is required: Authorization: Bearer <JWT>.")
         scope = get_context(request).tokens.verify(token)
         request.state.scope = scope
         return scope

@@ -88,7 +88,14 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("The token has expired.") from None
-        except jwt.InvalidTokenError as error:
+        except jwt.InvalidSignatureError:
+            raise Unauthorized(
+                "The token's signature does not verify (signed with another key?)."
+            ) from None
+        except jwt.DecodeError:
+            # PyJWT's text here is its decoder's ("'utf-8' codec can't decode byte …").
+            raise Unauthorized("The token is malformed: not a JWT this server can read.") from None
+        except jwt.InvalidTokenError as error:  # a claim: PyJWT names it
             raise Unauthorized(f"The token is not valid: {error}.") from None
         for name in ("exp", "nbf", "iat"):
             # RFC 7519's NumericDate is a JSON number; PyJWT also takes "1796000000" (a string).
