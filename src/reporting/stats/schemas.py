@@ -121,7 +121,9 @@ class TopicProgress(Progress):
 
 
 class UserStatsRead(_Read):
-    """A learner's progress_summary; `totals` and the times are null before their first attempt."""
+    """A learner's progress_summary. Without attempts: zero totals (accuracy 0), empty `levels`
+    and `topics`, a null `last_activity_at`; `totals` and `computed_at` are null only until the
+    worker's first tick since the learner joined the directory."""
 
     user_id: str
     display_name: str
