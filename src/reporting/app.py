@@ -1,5 +1,6 @@
 """create_app(settings) -> FastAPI: the API's composition root."""
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from reporting.errors import ServiceUnavailable, install_error_handlers
 from reporting.observability import ObservabilityMiddleware
 from reporting.settings import Settings
 from reporting.stats.cache import StatsChangeListener
-from reporting.stats.events import StatsEventHub, closed_on_exit_signals
+from reporting.stats.events import StatsEventHub, closed_on_exit_signals, watch_live_worker
 from reporting.storage import build_store
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,17 @@ def create_app(settings: Settings, *, url: str | None = None) -> FastAPI:
             db.url, app.state.context.stats_cache, on_change=stats_events.publish
         )
         await stats_listener.start()
+        watcher = (
+            asyncio.create_task(watch_live_worker(db))
+            if settings.worker.enable_live_updates
+            else None
+        )
         try:
             with closed_on_exit_signals(stats_events):
                 yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             stats_events.close()
             await stats_listener.stop()
             await db.close()

@@ -4,11 +4,13 @@ Flag on: an attempt ingested through the API reaches the group's stats within 5 
 schedule is far away) and an open SSE stream is told. Flag off: nothing changes until a tick.
 """
 
+import asyncio
 import json
+import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TokenFactory
+from reporting.settings import WorkerSettings
+from reporting.stats import events
+from tests.conftest import TokenFactory, api_client, make_settings
 from tests.ops import processes
 from tests.ops.processes import ServiceProcess
 
@@ -214,3 +218,42 @@ def test_flag_off_nothing_changes_until_a_tick(
     assert teacher.get(f"/stats/groups/{GROUP}/events").status_code == 404
     processes.run_once("reporting-worker", env, tmp_path)  # the next tick, come early
     wait_total(teacher, 2, timeout=10)
+
+
+async def test_the_api_says_so_while_no_worker_follows_ingestion(
+    fresh_db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Live updates on for the API, and a worker started without them: the numbers stayed
+    still and the streams silent, and nothing said why."""
+    monkeypatch.setattr(events, "LIVE_WORKER_FIRST_CHECK_SECS", 0.05)
+    monkeypatch.setattr(events, "LIVE_WORKER_CHECK_SECS", 0.2)
+    settings = make_settings(
+        fresh_db_url, worker=WorkerSettings(REPORTING_ENABLE_LIVE_UPDATES=True)
+    )
+    caplog.set_level(logging.INFO, logger="reporting.stats.events")
+
+    def said(text: str) -> bool:
+        return any(text in record.getMessage() for record in caplog.records)
+
+    async with api_client(settings, fresh_db_url):
+        await _eventually(lambda: said("no analytics worker follows ingestion"))
+        env = processes.service_env(
+            database_url=fresh_db_url,
+            data_dir=tmp_path / "data",
+            extra={"REPORTING_ENABLE_LIVE_UPDATES": "true"},
+        )
+        worker = processes.start_reporting_worker(env, tmp_path)
+        try:
+            await _eventually(lambda: said("an analytics worker follows ingestion again"))
+        finally:
+            assert worker.terminate() == 0
+
+
+async def _eventually(check: Callable[[], bool], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)

@@ -23,6 +23,7 @@ finishes by itself, so SIGTERM/SIGINT close the hub first (`closed_on_exit_signa
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import secrets
 import signal
@@ -40,6 +41,8 @@ from reporting.db.engine import Database
 from reporting.errors import NotFound, ServiceUnavailable, TooManyRequests
 from reporting.stats import service
 from reporting.stats.cache import ResponseCache, changed_groups
+
+log = logging.getLogger(__name__)
 
 # Under the 30-60 s idle timeouts of common proxies and load balancers.
 PING_SECONDS = 15.0
@@ -330,6 +333,44 @@ async def follow_group(
         expires_at=scope.expires_at,
     )
     return EventStream(hub, subscription)
+
+
+# How soon after the API starts, and how often then, it looks for an analytics worker that
+# follows ingestion (not at once: the demo starts the worker beside the API).
+LIVE_WORKER_FIRST_CHECK_SECS = 30.0
+LIVE_WORKER_CHECK_SECS = 60.0
+
+
+async def watch_live_worker(db: Database) -> None:
+    """With live updates on, warn while no analytics worker listens for ingested attempts (one
+    started without REPORTING_ENABLE_LIVE_UPDATES ticks hourly: the streams stay silent and the
+    numbers still, and nothing said why). Runs until cancelled."""
+    from reporting.stats.worker import LIVE_LISTENER_APPLICATION_NAME
+
+    await asyncio.sleep(LIVE_WORKER_FIRST_CHECK_SECS)
+    warned = False
+    while True:
+        try:
+            async with db.pool.connection(timeout=5) as conn:
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE application_name = %s AND datname = current_database()",
+                    (LIVE_LISTENER_APPLICATION_NAME,),
+                )
+                row = await cursor.fetchone()
+            listening = bool(row and row[0])
+            if not listening and not warned:
+                log.warning(
+                    "live updates are on, but no analytics worker follows ingestion: start"
+                    " reporting-worker with REPORTING_ENABLE_LIVE_UPDATES=true too (until then"
+                    " numbers change only at its scheduled ticks)"
+                )
+            elif listening and warned:
+                log.info("an analytics worker follows ingestion again")
+            warned = not listening
+        except Exception as error:  # the database is down: /readyz and the requests say so
+            log.debug("cannot look for the live worker", extra={"error": str(error)})
+        await asyncio.sleep(LIVE_WORKER_CHECK_SECS)
 
 
 _Handler = Callable[[int, FrameType | None], object]
