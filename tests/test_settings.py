@@ -43,10 +43,11 @@ def _env(tmp_path: Path, **variables: str) -> dict[str, str]:
     }
 
 
-def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _reporting(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`reporting ARGS` run to its end; a variable set to "<unset>" is left out."""
     env = {key: value for key, value in env.items() if value != "<unset>"}
     return subprocess.run(
-        [REPORTING, "serve", "--port", "1"],
+        [REPORTING, *args],
         env=env,
         cwd=tmp_path,  # no .env of the developer's checkout
         capture_output=True,
@@ -99,7 +100,7 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
 def test_serve_stops_at_start_with_one_line_naming_the_variable(
     tmp_path: Path, variables: dict[str, str], variable: str, reason: str
 ) -> None:
-    result = _serve(tmp_path, _env(tmp_path, **variables))
+    result = _reporting(tmp_path, _env(tmp_path, **variables), "serve", "--port", "1")
 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -132,14 +133,7 @@ def test_a_database_that_refuses_stops_the_process_with_one_line(
     closed = f"postgresql://reporting:s3cret@127.0.0.1:{_free_port()}/reporting"
     unknown = _with_database(server_url, "no_such_database_here")
     for url, reason in ((closed, "Connection refused"), (unknown, "does not exist")):
-        result = subprocess.run(
-            [REPORTING, *command],
-            env=_env(tmp_path, DATABASE_URL=url),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = _reporting(tmp_path, _env(tmp_path, DATABASE_URL=url), *command)
 
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
@@ -241,13 +235,10 @@ def test_a_short_jwt_secret_is_accepted_with_a_warning_and_an_empty_one_is_missi
     secret = load_settings().auth.jwt_secret
     assert secret is not None and secret.get_secret_value() == "secret"
     # Logged by the process once its logging is set up: a JSON line like every other.
-    result = subprocess.run(
-        [REPORTING, "token", "--role", "admin", "--sub", "me"],
-        env=_env(tmp_path, REPORTING_JWT_SECRET="secret"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = _reporting(
+        tmp_path,
+        _env(tmp_path, REPORTING_JWT_SECRET="secret"),
+        *("token", "--role", "admin", "--sub", "me"),
     )
     assert result.returncode == 0, result.stderr
     (line,) = result.stderr.strip().splitlines()
@@ -290,14 +281,7 @@ def test_a_schema_newer_than_the_service_knows_stops_migrate_with_one_line(
     """A database a newer version migrated: /readyz says so; migrate said it with a traceback."""
     with psycopg.connect(fresh_db_url) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '0099'")
-    result = subprocess.run(
-        [REPORTING, "migrate"],
-        env=_env(tmp_path, DATABASE_URL=fresh_db_url),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _reporting(tmp_path, _env(tmp_path, DATABASE_URL=fresh_db_url), "migrate")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -308,14 +292,7 @@ def test_a_schema_newer_than_the_service_knows_stops_migrate_with_one_line(
 
 
 def test_a_port_out_of_range_is_refused_by_the_command_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [REPORTING, "serve", "--port", "99999"],
-        env=_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _reporting(tmp_path, _env(tmp_path), "serve", "--port", "99999")
     assert result.returncode == 2
     assert "argument --port: must be between 1 and 65535, not 99999" in result.stderr
     assert "Traceback" not in result.stderr

@@ -56,6 +56,14 @@ def export_and_download(page: Page, fmt: str, count_before: int) -> bytes:
     return path.read_bytes()
 
 
+def spend_the_quota_elsewhere(server: LiveServer, token: str) -> None:
+    """The hour's five exports, requested through the API as another tab or a script would."""
+    url = server.url(f"/stats/groups/{TEACHER_GROUPS[0]}/export")
+    body = {"topic_ids": [], "period": {"from": "2026-01-01", "to": "2026-01-31"}, "format": "csv"}
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as client:
+        assert [client.post(url, json=body).status_code for _ in range(5)] == [202] * 5
+
+
 def rows_of(content: bytes) -> list[dict[str, str]]:
     assert content.startswith(b"\xef\xbb\xbf"), "the CSV starts with a UTF-8 BOM"
     return list(csv.DictReader(io.StringIO(content.decode("utf-8-sig"))))
@@ -188,12 +196,8 @@ def test_a_quota_spent_elsewhere_gets_the_rate_limit_message(
     quota = page.locator("#export-quota")
     expect(quota).to_have_text("Осталось выгрузок на этот час: 5 из 5.")
     # Another tab (or a script) of the same teacher spends the hour's five meanwhile.
-    exports_url = live_server.url(f"/stats/groups/{TEACHER_GROUPS[0]}/export")
-    body = {"topic_ids": [], "period": {"from": "2026-01-01", "to": "2026-01-31"}, "format": "csv"}
-    headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(headers=headers) as client:
-        assert [client.post(exports_url, json=body).status_code for _ in range(5)] == [202] * 5
-
+    spend_the_quota_elsewhere(live_server, token)
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as client:
         page.locator("#export-submit").click()
         status = page.locator("#export-status")
         expect(status).to_contain_text("Лимит выгрузок исчерпан (5 в час)")
@@ -259,10 +263,7 @@ def test_signing_out_leaves_nothing_of_the_previous_teacher_in_the_export_panel(
     first = make_token("teacher", groups=TEACHER_GROUPS, sub="t-leaving")
     sign_in(page, live_server, first)
     wait_for_group(page, "7А класс")
-    exports_url = live_server.url(f"/stats/groups/{TEACHER_GROUPS[0]}/export")
-    body = {"topic_ids": [], "period": {"from": "2026-01-01", "to": "2026-01-31"}, "format": "csv"}
-    with httpx.Client(headers={"Authorization": f"Bearer {first}"}) as client:
-        assert [client.post(exports_url, json=body).status_code for _ in range(5)] == [202] * 5
+    spend_the_quota_elsewhere(live_server, first)
     page.locator("#export-submit").click()  # a 429: the panel lists the five and waits
     expect(page.locator("#export-list .export-item")).to_have_count(5)
     expect(page.locator("#export-submit")).to_be_disabled()

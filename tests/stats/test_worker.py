@@ -263,21 +263,26 @@ def scrape(port: int) -> dict[str, float]:
     return samples
 
 
+def scrape_once(port: int, sample: str, at_least: float) -> dict[str, float]:
+    """The samples, once `sample` has reached `at_least` (the server may not be up yet)."""
+
+    def reached() -> bool:
+        try:
+            return scrape(port).get(sample, 0) >= at_least
+        except httpx.TransportError:
+            return False
+
+    eventually(reached)
+    return scrape(port)
+
+
 def test_metrics_port_serves_the_tick_counters_and_sigterm_stops_cleanly(
     db: psycopg.Connection, fresh_db_url: str
 ) -> None:
     port = free_port()
     worker = start(fresh_db_url, "--metrics-port", str(port), REPORTING_WORKER_INTERVAL_SECS="0.5")
     try:
-
-        def two_ticks() -> bool:
-            try:
-                return scrape(port).get("reporting_worker_ticks_total", 0) >= 2
-            except httpx.TransportError:
-                return False
-
-        eventually(two_ticks)
-        samples = scrape(port)
+        samples = scrape_once(port, "reporting_worker_ticks_total", 2)
     finally:
         worker.send_signal(signal.SIGTERM)
     code, logs = finish(worker, timeout=15)
@@ -306,15 +311,7 @@ def test_a_restarted_worker_reports_the_last_success_on_record_even_when_its_tic
     port = free_port()
     worker = start(fresh_db_url, "--metrics-port", str(port))  # one tick an hour
     try:
-
-        def failed() -> bool:
-            try:
-                return scrape(port).get('analytics_worker_ticks_total{status="error"}', 0) >= 1
-            except httpx.TransportError:
-                return False
-
-        eventually(failed)
-        samples = scrape(port)
+        samples = scrape_once(port, 'analytics_worker_ticks_total{status="error"}', 1)
     finally:
         worker.send_signal(signal.SIGTERM)
         finish(worker, timeout=15)

@@ -11,9 +11,14 @@
 
 A notification is delivered at the sender's commit to the sessions listening then: each listener
 also looks for what it may have missed whenever it (re)connects.
+
+The analytics worker's live listener names its session LIVE_LISTENER_APPLICATION_NAME: the API
+looks for it in pg_stat_activity to tell whether anyone follows ingestion (stats/events.py).
 """
 
 STATS_CHANGED = "stats_changed"
 ATTEMPTS_INGESTED = "attempts_ingested"
 DIRECTORY_CHANGED = "directory_changed"  # also written in migration 0007's trigger functions
 EXPORTS_PENDING = "exports_pending"
+
+LIVE_LISTENER_APPLICATION_NAME = "reporting-worker-listener"

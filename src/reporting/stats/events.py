@@ -37,6 +37,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from reporting.auth.scope import Scope as AccessScope
+from reporting.db import channels
 from reporting.db.engine import Database
 from reporting.errors import NotFound, ServiceUnavailable, TooManyRequests
 from reporting.stats import service
@@ -345,8 +346,6 @@ async def watch_live_worker(db: Database) -> None:
     """With live updates on, warn while no analytics worker listens for ingested attempts (one
     started without REPORTING_ENABLE_LIVE_UPDATES ticks hourly: the streams stay silent and the
     numbers still, and nothing said why). Runs until cancelled."""
-    from reporting.stats.worker import LIVE_LISTENER_APPLICATION_NAME
-
     await asyncio.sleep(LIVE_WORKER_FIRST_CHECK_SECS)
     warned = False
     while True:
@@ -355,7 +354,7 @@ async def watch_live_worker(db: Database) -> None:
                 cursor = await conn.execute(
                     "SELECT count(*) FROM pg_stat_activity"
                     " WHERE application_name = %s AND datname = current_database()",
-                    (LIVE_LISTENER_APPLICATION_NAME,),
+                    (channels.LIVE_LISTENER_APPLICATION_NAME,),
                 )
                 row = await cursor.fetchone()
             listening = bool(row and row[0])

@@ -46,8 +46,6 @@ WORKER_LOCK = 0x5245_5054_4943_4B  # "REPTICK"
 
 # A batch of ingestion usually comes as several notifications within milliseconds: one tick.
 LIVE_DEBOUNCE_SECS = 0.2
-# The live listener's session name: the API looks for it (stats/events.py, watch_live_worker).
-LIVE_LISTENER_APPLICATION_NAME = "reporting-worker-listener"
 
 
 class Outcome(Enum):
@@ -253,7 +251,9 @@ class _IngestListener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
-                    self.url, autocommit=True, application_name=LIVE_LISTENER_APPLICATION_NAME
+                    self.url,
+                    autocommit=True,
+                    application_name=channels.LIVE_LISTENER_APPLICATION_NAME,
                 ) as conn:
                     conn.execute(f"LISTEN {channels.ATTEMPTS_INGESTED}")
                     conn.execute(f"LISTEN {channels.DIRECTORY_CHANGED}")
