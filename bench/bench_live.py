@@ -23,8 +23,9 @@ window is a live, incremental one.
    groups) shows total_attempts >= what it must hold after that batch (its total read before
    phase B + what was posted to it since):
    - as a live dashboard sees it: the event stream of every active group is held open
-     (GET /stats/groups/{g}/events, an admin's token), and when g's stream tells of a change,
-     GET /stats/groups/{g} with `Cache-Control: no-cache` (what the dashboard sends then);
+     (GET /stats/groups/{g}/events, each with its group's teacher's token), and when g's stream
+     tells of a change, GET /stats/groups/{g} with `Cache-Control: no-cache` (what the
+     dashboard sends then);
    - at the table: materialized_stats polled every --poll-interval seconds (a lag is an upper
      bound by that much): when the worker's tick has written the batch (what the issue names).
    A batch not seen after --lag-timeout seconds counts as missed (an infinite lag).
@@ -245,11 +246,11 @@ class GroupEvents:
     """The groups' event streams (GET /stats/groups/{id}/events), held open as a live dashboard
     holds its group's: `wait` says a read is due when the group's stream has told of a change."""
 
-    def __init__(self, client: httpx.AsyncClient, token: str, group_ids: list[str]) -> None:
+    def __init__(self, client: httpx.AsyncClient, tokens: dict[str, str]) -> None:
         self.client = client
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.changed = {g: asyncio.Event() for g in group_ids}
-        self.last_event_at = dict.fromkeys(group_ids, -math.inf)
+        self.tokens = tokens
+        self.changed = {g: asyncio.Event() for g in tokens}
+        self.last_event_at = dict.fromkeys(tokens, -math.inf)
         self.events = 0
         self.errors: list[str] = []
         self._streams: list[asyncio.Task[None]] = []
@@ -272,8 +273,9 @@ class GroupEvents:
 
     async def _follow(self, group_id: str, ready: asyncio.Event) -> None:
         url = f"/stats/groups/{group_id}/events"
+        headers = {"Authorization": f"Bearer {self.tokens[group_id]}"}
         try:
-            async with self.client.stream("GET", url, headers=self.headers) as response:
+            async with self.client.stream("GET", url, headers=headers) as response:
                 if response.status_code != 200:
                     self.errors.append(f"{group_id}: {response.status_code}")
                     return
@@ -529,6 +531,7 @@ async def phase_b(
     batches: list[Batch],
     service_token: str,
     admin_token: str,
+    teacher_tokens: dict[str, str],
     script: Path,
 ) -> tuple[LoadResult, LagProbe, LagProbe, GroupEvents, WrkResult, tuple[float, float]]:
     """The loader, the lag probes (a live dashboard's view, the table) and wrk (the middle of the
@@ -547,7 +550,9 @@ async def phase_b(
         ) as streams,
         await psycopg.AsyncConnection.connect(url, autocommit=True) as db,
     ):
-        events = GroupEvents(streams, admin_token, probe_groups)
+        # Each stream with its group's teacher token, as each teacher's dashboard opens it (one
+        # `sub` may hold only so many streams).
+        events = GroupEvents(streams, {g: teacher_tokens[g] for g in probe_groups})
         await events.open()
         probe = LagProbe(page_totals(reader, admin_token), events.wait, args.lag_timeout)
         table_probe = LagProbe(table_totals(db), every(args.poll_interval), args.lag_timeout)
@@ -746,7 +751,16 @@ def main() -> int:
                 f" {args.groups_per_batch} a batch; wrk for the middle {args.wrk_duration} s"
             )
             load, probe, table_probe, events, during, wrk_window = asyncio.run(
-                phase_b(args, base, url, batches, service_token, admin_token, script)
+                phase_b(
+                    args,
+                    base,
+                    url,
+                    batches,
+                    service_token,
+                    admin_token,
+                    dict(zip(group_ids, tokens, strict=True)),
+                    script,
+                )
             )
             ticks = ticks_since(url, last_tick_id)
     finally:
