@@ -88,6 +88,20 @@ async def _internal_error(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    """What a log call added to its message (`extra=`), and the request id in hand."""
+    fields: dict[str, object] = {}
+    request_id = getattr(record, "request_id", None) or request_id_var.get()
+    if request_id:
+        fields["request_id"] = request_id
+    for key, value in record.__dict__.items():
+        if key not in _STANDARD_ATTRS and not key.startswith("_"):
+            fields[key] = (
+                value if isinstance(value, str | int | float | bool | None) else str(value)
+            )
+    return fields
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line, with the request id when a request (or its export) is in hand."""
 
@@ -97,18 +111,30 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            **_fields(record),
         }
-        request_id = getattr(record, "request_id", None) or request_id_var.get()
-        if request_id:
-            entry["request_id"] = request_id
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = (
-                    value if isinstance(value, str | int | float | bool | None) else str(value)
-                )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """REPORTING_LOG_JSON=false: a line of text, the fields after the message as key=value (the
+    reason a warning gives is often a field: "object storage is not usable yet" error=…)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        fields = " ".join(f"{key}={_text(value)}" for key, value in _fields(record).items())
+        return f"{line} {fields}" if fields else line
+
+
+def _text(value: object) -> str:
+    """A field's value as text: quoted (JSON) when it holds spaces or is empty."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if not text or " " in text or '"' in text else text
 
 
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -131,7 +157,7 @@ def configure_logging(settings: LogSettings) -> None:
     if settings.json_logs:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)

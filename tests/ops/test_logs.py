@@ -4,6 +4,8 @@ A real `reporting serve` whose schema is broken under it (a derived table droppe
 stats request fails deep in the database, uvicorn logs the traceback, and that line must be
 JSON and carry the id the client sent, so the operator can go from the client's X-Request-ID
 to the traceback.
+
+With REPORTING_LOG_JSON=false, a line of text still carries what the JSON line's fields say.
 """
 
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from tests.builders import make_group
 from tests.conftest import TokenFactory
 from tests.ops import processes
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +55,24 @@ def test_an_unhandled_error_is_one_json_line_with_the_request_id(
     assert errors, api.logs()
     assert all(r.get("request_id") == "broken-schema-0001" for r in errors), errors
     assert any("materialized_stats" in str(r.get("exc", "")) for r in errors), errors
+
+
+def test_text_logs_keep_the_fields_that_say_why(fresh_db_url: str, tmp_path: Path) -> None:
+    """REPORTING_LOG_JSON=false: a warning whose reason is a field still says it (the export
+    worker's "object storage is not usable yet" said nothing more in text)."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    env = processes.service_env(
+        database_url=fresh_db_url,
+        data_dir=tmp_path / "data",
+        extra={
+            "REPORTING_LOG_JSON": "false",
+            "OBJECT_STORAGE_ENDPOINT": nowhere,
+            "OBJECT_STORAGE_BUCKET": "reports",
+            "OBJECT_STORAGE_ACCESS_KEY": "key",
+            "OBJECT_STORAGE_SECRET_KEY": "secret",
+        },
+    )
+    output = processes.run_once("export-worker", env, tmp_path)
+    [line] = [x for x in output.splitlines() if "object storage is not usable yet" in x]
+    assert " WARNING reporting.exports.worker: object storage is not usable yet error=" in line
+    assert "bucket 'reports'" in line and nowhere in line and "Could not connect" in line, line
