@@ -65,7 +65,10 @@ async def test_the_webhook_is_signed_and_a_failed_export_is_announced_too(
         OBJECT_STORAGE_ACCESS_KEY="k",
         OBJECT_STORAGE_SECRET_KEY="s",
     )
-    async with make_deployment("s3", storage=down, notify=notify) as deployment:
+    # One claim allowed: the first storage failure is the last (else it waits for another claim).
+    async with make_deployment(
+        "s3", storage=down, notify=notify, exports=ExportSettings(REPORTING_EXPORT_MAX_ATTEMPTS=1)
+    ) as deployment:
         response = await deployment.request(deployment.teacher(), BODY)
         await asyncio.to_thread(deployment.run_worker)
         await asyncio.to_thread(_deliver, deployment)

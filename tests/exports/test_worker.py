@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import psycopg
@@ -21,7 +22,7 @@ from tests.exports.conftest import (
     School,
     rows_of,
 )
-from tests.servers import free_port
+from tests.servers import S3Server, free_port
 
 BODY: dict[str, Any] = {"topic_ids": [], "period": SEPTEMBER, "format": "csv"}
 
@@ -79,7 +80,17 @@ async def test_a_worker_that_lost_its_lease_cannot_finish_the_export_twice(
     assert deployment.objects() == [key]  # the same deterministic key: one object
 
 
-async def test_storage_unreachable_fails_the_export_with_a_clear_error(
+def _expire_lease(url: str, export_id: str) -> None:
+    """As if the lease had run out (a lease is a minute by default)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE report_exports SET lease_expires_at = now() - interval '1 second'"
+            " WHERE id = %s",
+            (export_id,),
+        )
+
+
+async def test_storage_unreachable_delays_the_export_then_fails_it_with_a_clear_error(
     make_deployment: DeploymentFactory, school: School
 ) -> None:
     down = StorageSettings(
@@ -89,21 +100,66 @@ async def test_storage_unreachable_fails_the_export_with_a_clear_error(
         OBJECT_STORAGE_SECRET_KEY="s",
     )
     failed_before = _sample("exports_failed_total", format="csv")
-    async with make_deployment("s3", storage=down) as deployment:
+    async with make_deployment(
+        "s3", storage=down, exports=ExportSettings(REPORTING_EXPORT_MAX_ATTEMPTS=2)
+    ) as deployment:
         teacher = deployment.teacher()
         response = await deployment.request(teacher, BODY)
+        export_id = response.json()["id"]
+        # The first claim cannot store it: the export waits a lease for the next claim.
         result = await asyncio.to_thread(deployment.run_worker)
-        assert (result.ready, result.failed, result.ok) == (0, 1, False)
+        assert (result.ready, result.failed, result.retrying, result.ok) == (0, 0, 1, False)
+        status, error, attempts, _, lease = _status(deployment.url, export_id)
+        assert (status, attempts) == ("processing", 1)
+        assert error.startswith("storage unavailable: the file could not be stored yet")
+        assert lease is not None
+        assert rows_of(
+            deployment.url,
+            "SELECT lease_expires_at > now() + interval '50 seconds'"
+            " FROM report_exports WHERE id = %s",
+            export_id,
+        ) == [(True,)]
+        # Not claimable before the lease runs out.
+        assert (await asyncio.to_thread(deployment.run_worker)).retrying == 0
+        _expire_lease(deployment.url, export_id)
+        # The last claim allowed: it fails, and says so.
+        result = await asyncio.to_thread(deployment.run_worker)
+        assert (result.ready, result.failed, result.retrying) == (0, 1, 0)
         got = await deployment.api.get(response.headers["location"], headers=teacher)
     export = got.json()
     assert export["status"] == "failed" and export["download_url"] is None
     # Where the store is and how it failed is in the worker's log, not in the requester's answer.
     assert export["error"].startswith("storage unavailable: the file could not be stored")
     assert "nowhere" not in export["error"] and "127.0.0.1" not in export["error"]
-    assert rows_of(
-        deployment.url, "SELECT count(*) FROM report_exports WHERE status = 'processing'"
-    ) == [(0,)]
+    assert _status(deployment.url, export_id)[:3] == ("failed", export["error"], 2)
     assert _sample("exports_failed_total", format="csv") == failed_before + 1
+
+
+async def test_an_export_delayed_by_the_store_is_produced_once_the_store_is_back(
+    make_deployment: DeploymentFactory, school: School, s3_server: S3Server
+) -> None:
+    bucket = f"later-{uuid.uuid4().hex[:8]}"  # not there yet: every upload fails
+    storage = s3_server.storage_settings(bucket, prefix="reports/")
+    async with make_deployment("s3", storage=storage) as deployment:
+        teacher = deployment.teacher()
+        response = await deployment.request(teacher, BODY)
+        export_id = response.json()["id"]
+        assert (await asyncio.to_thread(deployment.run_worker)).retrying == 1
+        during = await deployment.api.get(response.headers["location"], headers=teacher)
+        assert during.json()["status"] == "processing"
+        s3_server.create_bucket(bucket)
+        _expire_lease(deployment.url, export_id)
+        result = await asyncio.to_thread(deployment.run_worker)
+        assert (result.ready, result.failed, result.retrying, result.ok) == (1, 0, 0, True)
+        got = await deployment.api.get(response.headers["location"], headers=teacher)
+    export = got.json()
+    assert export["status"] == "ready" and export["error"] is None
+    status, _, attempts, key, _ = _status(deployment.url, export_id)
+    assert (status, attempts) == ("ready", 2)
+    listing = s3_server.client().list_objects_v2(Bucket=bucket)
+    assert [item["Key"] for item in listing["Contents"]] == [key]
+    downloaded = await deployment.download(export["download_url"])
+    assert downloaded.status_code == 200 and downloaded.content.startswith(b"\xef\xbb\xbf")
 
 
 async def test_an_export_whose_workers_keep_dying_fails_after_max_attempts(

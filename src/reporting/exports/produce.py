@@ -5,8 +5,10 @@ holding the lease (fenced by the attempt number), and queue its notice in the sa
 While it is produced, a heartbeat thread keeps pushing the lease out from a connection of its
 own; a worker that dies stops the heartbeat, the lease runs out and another worker takes the
 export again (a retake overwrites the same key: one object per export). A storage error is
-retried a few times in place, then the export fails with a clear `error`; an export whose
-workers died REPORTING_EXPORT_MAX_ATTEMPTS times fails too.
+retried a few times in place; if the store is still down, the export is left to be taken again
+once its lease runs out, as a dead worker's is (an outage of a minute does not fail it). Either
+way an export is claimed at most REPORTING_EXPORT_MAX_ATTEMPTS times: then it fails, with a
+clear `error`.
 """
 
 import logging
@@ -36,18 +38,20 @@ from reporting.storage import ObjectStore, StorageError, content_type_for, expor
 
 log = logging.getLogger(__name__)
 
-UPLOAD_TRIES = 3
+UPLOAD_TRIES = 2  # in place, for a blip; a longer outage waits a lease (_retry_later)
 UPLOAD_BACKOFF_SECS = 0.5
 STORAGE_FAILED = (
     "storage unavailable: the file could not be stored (the export worker's log says why)"
 )
+STORAGE_RETRYING = "storage unavailable: the file could not be stored yet; it will be tried again"
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     export_id: str
     format: str
-    status: Literal["ready", "failed", "lost"]  # lost: another worker took the lease over
+    # lost: another worker took the lease over; retrying: left for a later claim (the store is down)
+    status: Literal["ready", "failed", "lost", "retrying"]
     error: str | None = None
 
 
@@ -178,6 +182,24 @@ def _fail(
     return Outcome(str(job.id), job.format, "failed", error)
 
 
+def _retry_later(conn: psycopg.Connection, settings: Settings, job: ClaimedExport) -> Outcome:
+    """The store is down: the export waits a lease for another claim (by any worker), saying so."""
+    lease = settings.exports.lease_seconds
+    with conn.transaction():
+        held = queries.retry_after_lease(conn, job, lease_seconds=lease, error=STORAGE_RETRYING)
+    if not held:
+        return Outcome(str(job.id), job.format, "lost")
+    log.warning(
+        "export %s is taken again in %s s (attempt %d of %d)",
+        job.id,
+        f"{lease:g}",
+        job.attempt,
+        settings.exports.max_attempts,
+        extra={"export_id": str(job.id)},
+    )
+    return Outcome(str(job.id), job.format, "retrying", STORAGE_RETRYING)
+
+
 def produce(
     conn: psycopg.Connection, url: str, settings: Settings, store: ObjectStore, job: ClaimedExport
 ) -> Outcome:
@@ -192,8 +214,8 @@ def produce(
                 conn,
                 settings,
                 job,
-                f"gave up after {job.attempt - 1} attempts: the export worker stopped"
-                " each time while producing this export",
+                f"gave up after {job.attempt - 1} attempts: the last one's export worker"
+                " stopped while producing it",
                 "worker_stopped",
             )
         group_name: str | None = None
@@ -215,6 +237,8 @@ def produce(
         except StorageError as error:
             # Where the store is and how it failed is for the operator, not for the requester.
             log.warning("cannot store export %s: %s", job.id, error, extra=extra)
+            if job.attempt < settings.exports.max_attempts:
+                return _retry_later(conn, settings, job)
             return _fail(conn, settings, job, STORAGE_FAILED, "storage", group_name)
         except content.GroupNotVisible as error:
             return _fail(conn, settings, job, f"cannot export: {error}", "not_visible", group_name)

@@ -258,6 +258,20 @@ def mark_ready(
     return None if row is None else cast(datetime, row[0])
 
 
+def retry_after_lease(
+    conn: psycopg.Connection, job: ClaimedExport, *, lease_seconds: float, error: str
+) -> bool:
+    """Inside the caller's transaction: leave the export claimable once a fresh lease runs out
+    (as a dead worker's is), `error` saying why meanwhile; False when the lease was lost."""
+    cur = conn.execute(
+        "UPDATE report_exports SET error = %(error)s,"
+        " lease_expires_at = now() + make_interval(secs => %(secs)s)"
+        f" WHERE {_HOLDS_LEASE}",
+        {"id": job.id, "attempt": job.attempt, "secs": lease_seconds, "error": error[:2000]},
+    )
+    return cur.rowcount == 1
+
+
 def mark_failed(conn: psycopg.Connection, job: ClaimedExport, *, error: str) -> bool:
     """Inside the caller's transaction; False when the lease was lost meanwhile."""
     cur = conn.execute(
