@@ -178,6 +178,12 @@ def test_filters_naming_foreign_rows_still_find_nothing(
         "boards": ("SELECT count(*) FROM leaderboards WHERE scope_id = %s", foreign.group_id),
         "summaries": ("SELECT count(*) FROM progress_summary WHERE user_id = %s", foreign.user_id),
         "exports": ("SELECT count(*) FROM report_exports WHERE requested_by = %s", foreign.teacher),
+        # It reads past row-level security (the requester's exports of groups no longer theirs
+        # count too), but only for the caller's own sub.
+        "quota": (
+            "SELECT used FROM reporting_export_quota(%s, interval '1 hour')",
+            foreign.teacher,
+        ),
     }
     counts = {name: conn.execute(query, (arg,)).fetchone() for name, (query, arg) in checks.items()}
     assert counts == dict.fromkeys(checks, (0,))
