@@ -1,5 +1,6 @@
 import re
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import psycopg
@@ -91,3 +92,47 @@ async def test_the_api_docs_need_no_internet(api: httpx.AsyncClient) -> None:
         assert "cdn." not in html and "https://" not in html
     body = (await api.get("/metrics")).text
     assert 'http_requests_total{method="GET",route="/docs/static",status="200"}' in body
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read_whole(
+    api: httpx.AsyncClient, make_token: TokenFactory, db_url: str
+) -> None:
+    """A teacher may only send small bodies (an export request); 80 MB were read whole before
+    the 422, with or without a Content-Length. Nothing is created."""
+    teacher = {"Authorization": f"Bearer {make_token('teacher', ['g1'])}"}
+    filler = {"topic_ids": [], "format": "csv", "pad": "x" * (2 * 2**20)}
+    sized = await api.post("/stats/groups/g1/export", json=filler, headers=teacher)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b" " * 2**20
+
+    streamed = await api.post(
+        "/stats/groups/g1/export",
+        content=chunks(),
+        headers={**teacher, "Content-Type": "application/json"},
+    )
+    for response in (sized, streamed):
+        assert response.status_code == 413, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["title"] == "Content Too Large"
+        assert problem["detail"] == "The request body is too large: at most 1 MiB."
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM report_exports").fetchone() == (0,)
+
+
+async def test_headers_over_the_limit_are_refused_before_the_token_is_read(
+    api: httpx.AsyncClient, make_token: TokenFactory
+) -> None:
+    """A 32 MB bearer token was decoded for seconds while every other request waited."""
+    huge = {"Authorization": f"Bearer {make_token('admin')}.{'x' * 40_000}"}
+    refused = await api.get("/stats/groups/g1", headers=huge)
+    assert refused.status_code == 431
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["detail"] == "The request's headers exceed 32 KiB."
+    padded = await api.get("/healthz", headers={"X-Pad": "x" * 40_000})
+    assert padded.status_code == 431
+    # Ordinary headers, a long token included, pass.
+    ok = await api.get("/healthz", headers={"X-Pad": "x" * 8_000})
+    assert ok.status_code == 200

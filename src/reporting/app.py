@@ -24,6 +24,8 @@ from reporting.storage import build_store
 
 log = logging.getLogger(__name__)
 
+MAX_BODY_BYTES = 2**20
+
 
 def _demo_tokens(settings: Settings) -> list[dict[str, str]]:
     """Tokens `reporting demo` left for the dashboard's sign-in page (empty outside the demo)."""
@@ -83,7 +85,6 @@ def create_app(settings: Settings, *, url: str | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.state.demo_tokens = _demo_tokens(settings)
-    app.add_middleware(ObservabilityMiddleware)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:
@@ -122,4 +123,10 @@ def create_app(settings: Settings, *, url: str | None = None) -> FastAPI:
     app.include_router(ingest_routes.router)
     app.include_router(storage_routes.router)
     app.include_router(dashboard_routes.router)
+    # Every body a teacher may send is small (an export request with 1,000 topic ids is ~50 KB).
+    app.add_middleware(
+        ObservabilityMiddleware,
+        body_limit=MAX_BODY_BYTES,
+        body_limits={"/ingest/": ingest_routes.MAX_BODY_BYTES},
+    )
     return app

@@ -142,7 +142,9 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         error = ReportingError(str(exc.detail), headers=dict(exc.headers or {}))
         error.status_code = exc.status_code
-        error.title = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, "Error")
+        error.title = {404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large"}.get(
+            exc.status_code, "Error"
+        )
         return problem_response(error)
 
     app.add_exception_handler(ReportingError, on_reporting_error)
