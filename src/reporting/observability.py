@@ -1,4 +1,5 @@
-"""Request metrics, request ids (one pure-ASGI middleware, cheap on the hot path) and JSON logs."""
+"""Request ids, metrics and size limits (one pure-ASGI middleware, cheap on the hot path), and
+the logs' formats."""
 
 import contextvars
 import json
@@ -50,7 +51,11 @@ class RequestTooLarge(StarletteHTTPException):
     app's handler answers it as problem+json."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"The request body is too large: at most {limit / 2**20:g} MiB.")
+        super().__init__(413, _too_large(limit))
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body is too large: at most {limit / 2**20:g} MiB."
 
 
 class ObservabilityMiddleware:
@@ -74,7 +79,7 @@ class ObservabilityMiddleware:
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         refused = self._refusal(raw_headers, headers, scope["path"])
         if refused is not None:
-            await _problem(send, *refused, request_id=request_id[:128])
+            await _problem(send, *refused, request_id=request_id)
             self._count(scope, refused[0], started)
             return
         token = request_id_var.set(request_id)
@@ -132,7 +137,7 @@ class ObservabilityMiddleware:
         declared = headers.get(b"content-length", b"")
         limit = self._body_limit(path)
         if declared.isdigit() and int(declared) > limit:
-            return 413, "Content Too Large", RequestTooLarge(limit).detail
+            return 413, "Content Too Large", _too_large(limit)
         return None
 
     @staticmethod
