@@ -5,7 +5,7 @@ holding the lease (fenced by the attempt number), and queue its notice in the sa
 While it is produced, a heartbeat thread keeps pushing the lease out from a connection of its
 own; a worker that dies stops the heartbeat, the lease runs out and another worker takes the
 export again (a retake overwrites the same key: one object per export). A storage error is
-retried a few times in place; if the store is still down, the export is left to be taken again
+retried once in place; if the store is still down, the export is left to be taken again
 once its lease runs out, as a dead worker's is (an outage of a minute does not fail it). Either
 way an export is claimed at most REPORTING_EXPORT_MAX_ATTEMPTS times: then it fails, with a
 clear `error`.
