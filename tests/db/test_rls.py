@@ -216,7 +216,7 @@ def test_the_api_role_without_any_scope_sees_no_tenant_rows(
     assert group_rows == (0,)
 
 
-def test_teacher_scope_may_neither_write_stats_nor_request_foreign_exports(
+def test_teacher_scope_may_neither_write_stats_nor_read_ticks_nor_request_foreign_exports(
     conn: psycopg.Connection, school: School
 ) -> None:
     apply_scope(conn, _teacher(school.own))
@@ -224,6 +224,10 @@ def test_teacher_scope_may_neither_write_stats_nor_request_foreign_exports(
 
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("DELETE FROM materialized_stats")
+    conn.execute("ROLLBACK TO SAVEPOINT before_write")
+    # Nor read the workers' log (school-wide counts in its details).
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT details FROM worker_ticks")
     conn.execute("ROLLBACK TO SAVEPOINT before_write")
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
         conn.execute(

@@ -1,4 +1,4 @@
-"""The export quota function tells a caller only their own quota.
+"""The export quota function tells a caller only their own quota; the API reads no tick log.
 
 Revision ID: 0009
 Revises: 0008
@@ -27,6 +27,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $$
 $$;
 REVOKE EXECUTE ON FUNCTION reporting_export_quota(text, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reporting_export_quota(text, interval) TO reporting_api;
+
+-- The API never reads worker_ticks (the workers do); its details told any scope school-wide
+-- counts (how many groups, attempts, students).
+REVOKE SELECT ON worker_ticks FROM reporting_api;
 """
 
 DOWNGRADE = """
@@ -37,6 +41,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $$
     WHERE requested_by = requester AND created_at > clock_timestamp() - window_length
 $$;
 GRANT EXECUTE ON FUNCTION reporting_export_quota(text, interval) TO PUBLIC;
+GRANT SELECT ON worker_ticks TO reporting_api;
 """
 
 
