@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reporting import metrics
-from reporting.errors import PROBLEM_JSON, ReportingError
+from reporting.errors import ReportingError, problem_response
 from reporting.settings import LogSettings
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -77,9 +77,10 @@ class ObservabilityMiddleware:
         raw_headers = scope.get("headers") or []
         headers = dict(raw_headers)
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
-        refused = self._refusal(raw_headers, headers, scope["path"])
+        limit = self._body_limit(scope["path"])
+        refused = _refusal(raw_headers, headers, limit)
         if refused is not None:
-            await _problem(send, *refused, request_id=request_id)
+            await _problem(scope, receive, send, *refused, request_id=request_id)
             self._count(scope, refused[0], started)
             return
         token = request_id_var.set(request_id)
@@ -94,7 +95,7 @@ class ObservabilityMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        limit, received = self._body_limit(scope["path"]), 0
+        received = 0
 
         async def receive_within_limit() -> Message:
             nonlocal received
@@ -112,7 +113,14 @@ class ObservabilityMiddleware:
             # answer would have neither), and leave the id set: the server logs the traceback
             # next, in this request's own task.
             if not responded:
-                await _internal_error(send_wrapper)
+                await _problem(
+                    scope,
+                    receive,
+                    send_wrapper,
+                    500,
+                    ReportingError.title,
+                    "The server failed to answer this request.",
+                )
             raise
         finally:
             self._count(scope, status, started)
@@ -124,22 +132,6 @@ class ObservabilityMiddleware:
                 return limit
         return self.body_limit
 
-    def _refusal(
-        self, raw_headers: Iterable[tuple[bytes, bytes]], headers: dict[bytes, bytes], path: str
-    ) -> tuple[int, str, str] | None:
-        """(status, title, detail) when the request is refused before the app sees it."""
-        if sum(len(name) + len(value) for name, value in raw_headers) > MAX_HEADER_BYTES:
-            return (
-                431,
-                "Request Header Fields Too Large",
-                f"The request's headers exceed {MAX_HEADER_BYTES // 1024} KiB.",
-            )
-        declared = headers.get(b"content-length", b"")
-        limit = self._body_limit(path)
-        if declared.isdigit() and int(declared) > limit:
-            return 413, "Content Too Large", _too_large(limit)
-        return None
-
     @staticmethod
     def _count(scope: Scope, status: int, started: float) -> None:
         labels = (scope["method"], _route_template(scope), str(status))
@@ -147,21 +139,36 @@ class ObservabilityMiddleware:
         metrics.http_requests_total.labels(*labels).inc()
 
 
-async def _internal_error(send: Send) -> None:
-    await _problem(send, 500, ReportingError.title, "The server failed to answer this request.")
+def _refusal(
+    raw_headers: Iterable[tuple[bytes, bytes]], headers: dict[bytes, bytes], body_limit: int
+) -> tuple[int, str, str] | None:
+    """(status, title, detail) when the request is refused before the app sees it."""
+    if sum(len(name) + len(value) for name, value in raw_headers) > MAX_HEADER_BYTES:
+        return (
+            431,
+            "Request Header Fields Too Large",
+            f"The request's headers exceed {MAX_HEADER_BYTES // 1024} KiB.",
+        )
+    declared = headers.get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > body_limit:
+        return 413, "Content Too Large", _too_large(body_limit)
+    return None
 
 
 async def _problem(
-    send: Send, status: int, title: str, detail: str, *, request_id: str | None = None
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    request_id: str | None = None,
 ) -> None:
-    error = ReportingError(detail)
+    """Answer as the app's error handlers do (errors.problem_response), from outside the app."""
+    error = ReportingError(detail, headers={"x-request-id": request_id} if request_id else None)
     error.status_code, error.title = status, title
-    body = json.dumps(error.problem()).encode()
-    headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", b"%d" % len(body))]
-    if request_id is not None:
-        headers.append((b"x-request-id", request_id.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await problem_response(error)(scope, receive, send)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:

@@ -40,6 +40,16 @@ def _status(url: str, export_id: str) -> tuple[Any, ...]:
     )[0]
 
 
+def _expire_lease(url: str, export_id: str) -> None:
+    """As if the lease had run out (a lease is a minute by default)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE report_exports SET lease_expires_at = now() - interval '1 second'"
+            " WHERE id = %s",
+            (export_id,),
+        )
+
+
 async def test_a_ready_export_is_counted_and_timed(deployment: Deployment, school: School) -> None:
     generated = _sample("exports_generated_total", format="xlsx")
     timed = _sample("export_duration_seconds_count", format="xlsx")
@@ -65,11 +75,7 @@ async def test_a_worker_that_lost_its_lease_cannot_finish_the_export_twice(
         stale = queries.claim_next_export(conn, lease_seconds=60)
         assert stale is not None and stale.attempt == 1
         # The first worker stalls past its lease; a second one takes the export over.
-        conn.execute(
-            "UPDATE report_exports SET lease_expires_at = now() - interval '1 second'"
-            " WHERE id = %s",
-            (export_id,),
-        )
+        _expire_lease(deployment.url, export_id)
         result = await asyncio.to_thread(deployment.run_worker)
         assert (result.ready, result.failed) == (1, 0)
         # The stale worker wakes up and finishes: its writes are fenced off.
@@ -78,16 +84,6 @@ async def test_a_worker_that_lost_its_lease_cannot_finish_the_export_twice(
     status, _, attempts, key, _ = _status(deployment.url, export_id)
     assert (status, attempts) == ("ready", 2)
     assert deployment.objects() == [key]  # the same deterministic key: one object
-
-
-def _expire_lease(url: str, export_id: str) -> None:
-    """As if the lease had run out (a lease is a minute by default)."""
-    with psycopg.connect(url) as conn:
-        conn.execute(
-            "UPDATE report_exports SET lease_expires_at = now() - interval '1 second'"
-            " WHERE id = %s",
-            (export_id,),
-        )
 
 
 async def test_storage_unreachable_delays_the_export_then_fails_it_with_a_clear_error(
