@@ -189,6 +189,42 @@ def test_filters_naming_foreign_rows_still_find_nothing(
     assert counts == dict.fromkeys(checks, (0,))
 
 
+def test_the_policies_read_the_scope_once_per_query_not_once_per_row(
+    conn: psycopg.Connection, school: School
+) -> None:
+    # 200 more rows of each kind in the foreign group: each is checked against the scope.
+    own, foreign = school.own, school.foreign
+    for n in range(200):
+        make_stat(conn, "group_topic", f"{foreign.group_id}:extra-{n}")
+        conn.execute(
+            "INSERT INTO report_exports (requested_by, requester_scope, group_id, filters, format)"
+            " VALUES (%s, '{}', %s, '{}', 'csv')",
+            (own.teacher, foreign.group_id),
+        )
+    conn.execute("SET LOCAL track_functions = 'all'")  # counts calls of SQL functions
+    apply_scope(conn, _teacher(own))
+
+    def scope_reads(query: str) -> int:
+        def calls() -> int:
+            row = conn.execute(
+                "SELECT coalesce(pg_stat_get_xact_function_calls('reporting_scope_groups()'"
+                "::regprocedure), 0)"
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        before = calls()
+        conn.execute(query).fetchall()
+        return calls() - before
+
+    reads = {
+        table: scope_reads(f"SELECT * FROM {table}")
+        for table in ("groups", "materialized_stats", "leaderboards", "report_exports")
+    }
+
+    assert reads == dict.fromkeys(reads, 1)
+
+
 def test_admin_scope_sees_both_tenants(conn: psycopg.Connection, school: School) -> None:
     apply_scope(conn, Scope(role="admin", sub="admin-1"))
 
