@@ -3,7 +3,8 @@
 Every function runs on a connection from `Database.scoped(scope)` and filters by the scope itself
 as well (`%(all_groups)s OR g.id = ANY(%(group_ids)s)`), so the row-level security policies are a
 second line, not the only one. Orders: levels by position then id; topics by their level's
-position, then name (by code point), then id; groups by id; rankings as the worker stored them (by rank).
+position, then name (by code point), then id; groups by id; rankings as the worker stored them
+(by rank).
 """
 
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ async def _stat(conn: Connection, stat_type: str, entity_id: str) -> StatRead | 
 # --- groups ------------------------------------------------------------------------------------
 
 # A group's page in one statement (one round trip: a refill after every live tick of a busy
-# group is what the API spends most on then; five statements took ~4 ms of its CPU, one ~2 ms).
+# group is what the API spends most on then; five statements took ~4 ms of its CPU, one ~3 ms).
 # The lists are built as JSON text inside PostgreSQL and spliced into the page as they come: a
 # page has up to 500 topics (~160 KiB), and validating and re-encoding them in Python took ~12 ms
 # of the event loop per fill (measured at 10M attempts), which after a tick that changed many
