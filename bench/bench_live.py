@@ -662,6 +662,15 @@ def wrk_line(label: str, result: WrkResult) -> str:
     )
 
 
+def print_api_table(args: argparse.Namespace, baseline: WrkResult, during: WrkResult) -> None:
+    """The API's figures before and during the ingestion, one wrk run each."""
+    pacing = f", {args.pace_ms} ms between a connection's requests" if args.pace_ms else ""
+    print(f"GET /stats/groups/{{id}}, wrk -t2 -c64{pacing}, 1 uvicorn worker")
+    print(f"  {'':<30}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    print(wrk_line(f"baseline ({args.wrk_duration} s)", baseline))
+    print(wrk_line(f"during ingestion ({args.wrk_duration} s)", during))
+
+
 def seconds_text(value: float) -> str:
     return "missed" if math.isinf(value) else f"{value:.2f}"
 
@@ -802,11 +811,7 @@ def main() -> int:
             f" {percentile(load.post_seconds, 50) * 1000:.0f} ms, p99"
             f" {percentile(load.post_seconds, 99) * 1000:.0f} ms; {len(load.errors)} errors"
         )
-        pacing = f", {args.pace_ms} ms between a connection's requests" if args.pace_ms else ""
-        print(f"GET /stats/groups/{{id}}, wrk -t2 -c64{pacing}, 1 uvicorn worker")
-        print(f"  {'':<30}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
-        print(wrk_line(f"baseline ({args.wrk_duration} s)", baseline))
-        print(wrk_line(f"during ingestion ({args.wrk_duration} s)", during))
+        print_api_table(args, baseline, during)
         print(
             f"API p99 during ingestion alone / baseline = {ratio:.2f} (the live target allows"
             f" {API_P99_RATIO_TARGET} with the ticks too)"
@@ -864,11 +869,7 @@ def main() -> int:
     )
     if ticks.others:
         print(f"    other ticks in the window: {'; '.join(ticks.others[:10])}")
-    pacing = f", {args.pace_ms} ms between a connection's requests" if args.pace_ms else ""
-    print(f"GET /stats/groups/{{id}}, wrk -t2 -c64{pacing}, 1 uvicorn worker")
-    print(f"  {'':<30}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
-    print(wrk_line(f"baseline ({args.wrk_duration} s)", baseline))
-    print(wrk_line(f"during ingestion ({args.wrk_duration} s)", during))
+    print_api_table(args, baseline, during)
     print(
         f"lag p99 {seconds_text(lag_p99)} s <= {LAG_P99_TARGET_S:.0f} s:"
         f" {'PASS' if lag_ok else 'FAIL'}; API p99 during / baseline = {ratio:.2f}"
